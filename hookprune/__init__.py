@@ -1,0 +1,45 @@
+"""hookprune: Distiller's compression scheduler as pluggy hooks on plain PyTorch modules.
+
+    sched = hookprune.load("schedule.yaml", model, optimizer)
+    hookprune.fire("on_epoch_begin", epoch=0)
+"""
+
+from hookprune.errors import ScheduleError
+from hookprune.events import Event
+from hookprune.hookspecs import hookimpl
+from hookprune.masks import ParameterMasker
+from hookprune.policies import (
+    LossComponent,
+    LossTerm,
+    LRPolicy,
+    PolicyLoss,
+    PruningPolicy,
+    QuantizationPolicy,
+    RegularizationPolicy,
+)
+from hookprune.schedule import build, dict_config, file_config, load
+from hookprune.scheduler import CompressionScheduler, active, fire
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressionScheduler",
+    "Event",
+    "LRPolicy",
+    "LossComponent",
+    "LossTerm",
+    "ParameterMasker",
+    "PolicyLoss",
+    "PruningPolicy",
+    "QuantizationPolicy",
+    "RegularizationPolicy",
+    "ScheduleError",
+    "__version__",
+    "active",
+    "build",
+    "dict_config",
+    "file_config",
+    "fire",
+    "hookimpl",
+    "load",
+]

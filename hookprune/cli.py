@@ -1,0 +1,80 @@
+"""The ``hookprune`` command: ``check`` a schedule against an architecture, list ``plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from hookprune import __version__
+
+
+def _check(args: argparse.Namespace) -> int:
+    import torch
+
+    from hookprune import models
+    from hookprune.errors import ScheduleError
+    from hookprune.schedule import build
+
+    try:
+        model = models.create_model(args.arch, device="meta")
+    except ValueError as exc:
+        print(f"hookprune check: {exc}", file=sys.stderr)
+        return 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    try:
+        sched = build(args.schedule, model, optimizer)
+    except ScheduleError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except Exception as exc:  # a third-party class failing in its constructor, say
+        print(f"{args.schedule}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    epochs = sorted(sched.policies)
+    span = f"epochs {epochs[0]}..{epochs[-1]}" if epochs else "no policies"
+    print(f"{args.schedule}: ok ({len(sched.instances)} instances, {span}, arch {args.arch})")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from hookprune import plugins
+
+    print("Schedule classes (entry point group 'hookprune.classes'):")
+    providers = plugins.class_providers()
+    width = max((len(n) for n in providers), default=10)
+    for name, found in providers.items():
+        for provider in found:
+            clash = "  (name clash)" if len(found) > 1 else ""
+            print(f"  {name:<{width}}  {provider.label:<24} {provider.value}{clash}")
+    print("Hook plugins (entry point group 'hookprune'):")
+    loaded = plugins.autoloaded_plugins()
+    if not loaded:
+        disabled = plugins.DISABLE_AUTOLOAD_ENV
+        print(f"  none{'' if not __import__('os').environ.get(disabled) else f' ({disabled} is set)'}")
+    for plugin in loaded:
+        hooks = ", ".join(plugins.hookimpl_names(plugin.obj))
+        print(f"  {plugin.provider.name:<{width}}  {plugin.provider.label:<24} {plugin.provider.value}"
+              f"  hooks: {hooks}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookprune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hookprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a schedule against an architecture without training")
+    check.add_argument("schedule", help="a schedule YAML file (Distiller's format)")
+    check.add_argument("--arch", "-a", required=True, help="architecture name (torchvision or the zoo)")
+    check.set_defaults(func=_check)
+    plugins_cmd = sub.add_parser("plugins", help="list installed schedule classes and hook plugins")
+    plugins_cmd.set_defaults(func=_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The one exception the library raises for bad input, and its one-line ``path:line:col:`` format."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class ScheduleError(ValueError):
+    """Bad schedule, plugin or argument; ``str(err)`` is one line: ``path:line:col: message``."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 col: int | None = None) -> None:
+        self.message = " ".join(message.split())
+        self.path = path
+        self.line = line
+        self.col = col
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = self.path or "<schedule>"
+        if self.line is not None:
+            where += f":{self.line}:{self.col or 1}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Where:
+    """A place in a schedule: the file and the 1-based line and column."""
+
+    path: str | None = None
+    line: int | None = None
+    col: int | None = None
+
+    def error(self, message: str) -> ScheduleError:
+        return ScheduleError(message, path=self.path, line=self.line, col=self.col)
+
+
+def suggest(name: object, candidates: Iterable[str], n: int = 3) -> str:
+    """Return `` (did you mean 'a' or 'b'?)`` for the nearest candidates, or an empty string."""
+    matches = difflib.get_close_matches(str(name), list(candidates), n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    quoted = [f"'{m}'" for m in matches]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f" (did you mean {listed}?)"

@@ -1,0 +1,50 @@
+"""The events of a training step, in the order a loop fires them.
+
+The loop below shows where each event fires::
+
+    sched = hookprune.load("schedule.yaml", model, optimizer)
+    for epoch in range(epochs):
+        hookprune.fire(Event.ON_EPOCH_BEGIN, epoch=epoch)
+        for i, (x, y) in enumerate(loader):
+            hookprune.fire(Event.ON_MINIBATCH_BEGIN, epoch=epoch, minibatch_id=i,
+                           minibatches_per_epoch=len(loader))
+            loss = criterion(model(x), y)
+            loss = hookprune.fire(Event.BEFORE_BACKWARD, epoch=epoch, minibatch_id=i,
+                                  minibatches_per_epoch=len(loader), loss=loss)
+            loss.backward()
+            hookprune.fire(Event.BEFORE_OPTIMIZER_STEP, epoch=epoch, minibatch_id=i,
+                           minibatches_per_epoch=len(loader))
+            optimizer.step()
+            hookprune.fire(Event.ON_MINIBATCH_END, epoch=epoch, minibatch_id=i,
+                           minibatches_per_epoch=len(loader))
+        hookprune.fire(Event.ON_EPOCH_END, epoch=epoch, metrics={"min": val_loss, "max": top1})
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Event(str, Enum):
+    """A hook name; the value is the name in :mod:`hookprune.hookspecs`."""
+
+    ON_EPOCH_BEGIN = "on_epoch_begin"
+    ON_MINIBATCH_BEGIN = "on_minibatch_begin"
+    BEFORE_BACKWARD = "before_backward"
+    BEFORE_OPTIMIZER_STEP = "before_optimizer_step"
+    ON_MINIBATCH_END = "on_minibatch_end"
+    ON_EPOCH_END = "on_epoch_end"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The arguments each event needs from the loop (the scheduler adds scheduler, model, optimizer).
+EVENT_ARGS: dict[Event, tuple[str, ...]] = {
+    Event.ON_EPOCH_BEGIN: ("epoch",),
+    Event.ON_MINIBATCH_BEGIN: ("epoch", "minibatch_id", "minibatches_per_epoch"),
+    Event.BEFORE_BACKWARD: ("epoch", "minibatch_id", "minibatches_per_epoch", "loss"),
+    Event.BEFORE_OPTIMIZER_STEP: ("epoch", "minibatch_id", "minibatches_per_epoch"),
+    Event.ON_MINIBATCH_END: ("epoch", "minibatch_id", "minibatches_per_epoch"),
+    Event.ON_EPOCH_END: ("epoch", "metrics"),
+}

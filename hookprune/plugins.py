@@ -1,0 +1,218 @@
+"""The plugin manager and the class registry, both fed by entry points and loaded lazily, once.
+
+- group ``hookprune.classes``: ``Name = module:Class``; the ``class:`` names a schedule may use.
+  Built-ins are listed there by hookprune's own distribution, like any third party's.
+- group ``hookprune``: hook plugins (loggers, tracers) registered with every scheduler. Set
+  ``HOOKPRUNE_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from hookprune import hookspecs
+from hookprune.errors import ScheduleError, Where, suggest
+
+CLASSES_GROUP = "hookprune.classes"
+PLUGINS_GROUP = "hookprune"
+DISABLE_AUTOLOAD_ENV = "HOOKPRUNE_DISABLE_PLUGIN_AUTOLOAD"
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, fn in vars(hookspecs).items()
+    if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec")
+)
+HOOK_ARGS: dict[str, tuple[str, ...]] = {
+    name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in HOOK_NAMES
+}
+
+
+class PluginLoadWarning(UserWarning):
+    """An auto-loaded hook plugin failed to import and was skipped."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One entry point: the name it provides, its target and the distribution shipping it."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+    entry_point: EntryPoint
+
+    @property
+    def label(self) -> str:
+        return f"{self.distribution} {self.version}"
+
+
+def _providers(group: str) -> list[Provider]:
+    seen: set[tuple[str, str, str]] = set()
+    found = []
+    for ep in entry_points(group=group):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else "unknown distribution"
+        version = dist.version if dist is not None else "?"
+        key = (ep.name, ep.value, dist_name)
+        if key in seen:
+            continue
+        seen.add(key)
+        found.append(Provider(ep.name, ep.value, dist_name, version, ep))
+    return found
+
+
+@functools.cache
+def class_providers() -> dict[str, tuple[Provider, ...]]:
+    """Every class name installed distributions offer, with who offers it."""
+    index: dict[str, list[Provider]] = {}
+    for provider in _providers(CLASSES_GROUP):
+        index.setdefault(provider.name, []).append(provider)
+    return {name: tuple(found) for name, found in sorted(index.items())}
+
+
+@functools.cache
+def _load_class(provider: Provider) -> Any:
+    return provider.entry_point.load()
+
+
+def resolve_class(name: object, where: Where = Where()) -> Any:
+    """Import and return the class a schedule calls ``name``; only this name's module is imported."""
+    if not isinstance(name, str) or not name:
+        raise where.error(f"'class' must be a class name, not {name!r}")
+    providers = class_providers().get(name)
+    if not providers:
+        raise where.error(
+            f"unknown class '{name}'{suggest(name, class_providers())}; "
+            "'hookprune plugins' lists the installed ones")
+    if len(providers) > 1:
+        listed = " and ".join(f"{p.label} ({p.value})" for p in providers)
+        raise where.error(f"class '{name}' is provided by more than one distribution: {listed}; "
+                          "uninstall one of them")
+    provider = providers[0]
+    try:
+        obj = _load_class(provider)
+    except Exception as exc:
+        raise where.error(f"class '{name}' from {provider.label} failed to import: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not callable(obj):
+        raise where.error(f"'{name}' from {provider.label} ({provider.value}) is not a class")
+    return obj
+
+
+def distribution_of(obj: Any) -> str:
+    """The distribution label that provides ``obj``'s class, or its module when none does."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    for providers in class_providers().values():
+        for provider in providers:
+            if provider.value == f"{cls.__module__}:{cls.__qualname__}":
+                return provider.label
+    for plugin in autoloaded_plugins():
+        if plugin.obj is obj:
+            return plugin.provider.label
+    return f"module {getattr(obj, '__module__', None) or cls.__module__}"
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    """An auto-loaded hook plugin and where it came from."""
+
+    provider: Provider
+    obj: Any
+
+
+@functools.cache
+def autoloaded_plugins() -> tuple[LoadedPlugin, ...]:
+    """The hook plugins of group ``hookprune``, imported once; a broken one is reported once and skipped."""
+    if os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("", "0"):
+        return ()
+    loaded = []
+    for provider in _providers(PLUGINS_GROUP):
+        try:
+            obj = provider.entry_point.load()
+        except Exception as exc:
+            warnings.warn(
+                f"hookprune plugin '{provider.name}' from {provider.label} failed to import and is "
+                f"skipped: {type(exc).__name__}: {exc}", PluginLoadWarning, stacklevel=2)
+            continue
+        loaded.append(LoadedPlugin(provider, obj))
+    return tuple(loaded)
+
+
+def hookimpl_names(obj: Any) -> list[str]:
+    """The attribute names of ``obj`` marked with ``@hookprune.hookimpl``."""
+    marker = f"{hookspecs.PROJECT}_impl"
+    names = []
+    for attr in dir(obj):
+        if attr.startswith("__"):
+            continue
+        try:
+            value = getattr(obj, attr)
+        except Exception:
+            continue
+        if callable(value) and hasattr(value, marker):
+            names.append(attr)
+    return names
+
+
+def has_hookimpls(obj: Any) -> bool:
+    return not isinstance(obj, type) and bool(hookimpl_names(obj))
+
+
+def _definition_site(fn: Any) -> Where:
+    try:
+        return Where(inspect.getsourcefile(fn), inspect.getsourcelines(fn)[1], 1)
+    except (OSError, TypeError):
+        return Where()
+
+
+def validate_plugin(obj: Any, label: str, where: Where | None = None) -> None:
+    """Check every hookimpl of ``obj`` against the specification, with one-line errors.
+
+    Catches what pluggy accepts until ``check_pending()`` or silently mishandles: unknown hook
+    names, arguments the hook does not provide, and arguments with defaults (never passed).
+    """
+    owner = f"{label} (from {distribution_of(obj)})"
+    marker = f"{hookspecs.PROJECT}_impl"
+    for attr in hookimpl_names(obj):
+        fn = getattr(obj, attr)
+        opts = getattr(fn, marker)
+        hook_name = opts.get("specname") or attr
+        at = where or _definition_site(fn)
+        if hook_name not in HOOK_ARGS:
+            raise at.error(f"{owner} implements unknown hook '{hook_name}'{suggest(hook_name, HOOK_NAMES)}; "
+                           f"hooks are: {', '.join(HOOK_NAMES)}")
+        if opts.get("hookwrapper") or opts.get("wrapper"):
+            raise at.error(f"{owner}: hook '{hook_name}' is a wrapper; hookprune calls plain hooks only")
+        params = list(inspect.signature(fn).parameters.values())
+        for param in params:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise at.error(f"{owner}: hook '{hook_name}' takes *{param.name}; name the arguments "
+                               f"it needs from: {', '.join(HOOK_ARGS[hook_name])}")
+            if param.name not in HOOK_ARGS[hook_name]:
+                raise at.error(
+                    f"{owner}: hook '{hook_name}' asks for argument '{param.name}', which it is not given"
+                    f"{suggest(param.name, HOOK_ARGS[hook_name])}; it gets: {', '.join(HOOK_ARGS[hook_name])}")
+            if param.default is not param.empty:
+                raise at.error(f"{owner}: argument '{param.name}' of hook '{hook_name}' has a default; "
+                               "pluggy never passes such arguments, so remove the default")
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager with the hook specification and every auto-loaded hook plugin registered."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for plugin in autoloaded_plugins():
+        label = f"plugin '{plugin.provider.name}'"
+        validate_plugin(plugin.obj, label)
+        pm.register(plugin.obj, name=f"{PLUGINS_GROUP}:{plugin.provider.name}")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ScheduleError(f"hook plugin {exc.plugin!r}: {exc}") from exc
+    return pm

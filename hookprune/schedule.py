@@ -1,0 +1,395 @@
+"""Turning a Distiller-format schedule into a :class:`CompressionScheduler`.
+
+Order of work, as in Distiller: pruners, regularizers, quantizers and extensions are built,
+then the policies, then the LR schedulers (quantizers may change the optimizer first). Every
+problem is reported as one :class:`ScheduleError` pointing at the culprit's line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from hookprune import argtypes, plugins
+from hookprune.errors import ScheduleError, Where, suggest
+from hookprune.params import ParamIndex
+from hookprune.policies import (
+    DistillerPolicyAdapter,
+    LRPolicy,
+    PruningArgs,
+    PruningPolicy,
+    QuantizationPolicy,
+    RegularizationPolicy,
+    Window,
+    is_distiller_policy,
+)
+from hookprune.pruning.base import ArgumentError
+from hookprune.scheduler import CompressionScheduler, set_active
+from hookprune.source import key_where_of, read_schedule, where_of
+
+#: section name -> the policy key that refers to its instances
+SECTIONS = {
+    "pruners": "pruner",
+    "regularizers": "regularizer",
+    "quantizers": "quantizer",
+    "lr_schedulers": "lr_scheduler",
+    "extensions": "extension",
+}
+POLICY_KINDS = {kind: section for section, kind in SECTIONS.items()}
+TOP_LEVEL_KEYS = ("version", *SECTIONS, "policies")
+WINDOW_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+INJECTED = ("name", "model", "optimizer")
+
+#: constructor arguments that hold parameter names: "names" for a list, "keys" for a mapping whose
+#: keys are names (``'*'`` aside). A class may extend this with ``hookprune_param_args``.
+PARAM_ARGS = {"weights": "names", "levels": "keys", "sensitivities": "keys", "thresholds": "keys",
+              "reg_regims": "keys"}
+
+
+def load(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.Module,
+         optimizer: torch.optim.Optimizer | None = None, *, resumed_epoch: int | None = None,
+         scheduler: CompressionScheduler | None = None) -> CompressionScheduler:
+    """Build the scheduler a schedule describes and make it the active one for ``hookprune.fire``.
+
+    :param schedule: a YAML file path or an already-parsed dict in Distiller's format.
+    :param resumed_epoch: the last epoch a resumed run completed; LR schedulers get it as
+        ``last_epoch``.
+    :param scheduler: an existing scheduler to add the schedule's policies to.
+    """
+    sched = build(schedule, model, optimizer, resumed_epoch=resumed_epoch, scheduler=scheduler)
+    set_active(sched)
+    return sched
+
+
+def build(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.Module,
+          optimizer: torch.optim.Optimizer | None = None, *, resumed_epoch: int | None = None,
+          scheduler: CompressionScheduler | None = None) -> CompressionScheduler:
+    """Like :func:`load`, without making the scheduler active."""
+    data, path = read_schedule(schedule)
+    return _Builder(data, path, model, optimizer, resumed_epoch).build(scheduler)
+
+
+def file_config(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, filename: str,
+                scheduler: CompressionScheduler | None = None,
+                resumed_epoch: int | None = None) -> CompressionScheduler:
+    """Distiller's ``distiller.file_config``."""
+    return load(filename, model, optimizer, resumed_epoch=resumed_epoch, scheduler=scheduler)
+
+
+def dict_config(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                sched_dict: Mapping[str, Any], scheduler: CompressionScheduler | None = None,
+                resumed_epoch: int | None = None) -> CompressionScheduler:
+    """Distiller's ``distiller.dict_config``."""
+    return load(sched_dict, model, optimizer, resumed_epoch=resumed_epoch, scheduler=scheduler)
+
+
+class _Builder:
+    def __init__(self, data: Mapping[str, Any], path: str | None, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer | None, resumed_epoch: int | None) -> None:
+        self.data = data
+        self.path = path
+        self.model = model
+        self.optimizer = optimizer
+        self.resumed_epoch = resumed_epoch
+        self.index = ParamIndex(model)
+        self.declared: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        self.instances: dict[str, Any] = {}
+
+    def at(self, container: Any, key: Any = None) -> Where:
+        where = where_of(container, key)
+        if where.path is None and self.path is not None:
+            return Where(self.path, where.line, where.col)
+        return where
+
+    def at_key(self, container: Any, key: Any) -> Where:
+        return key_where_of(container, key)
+
+    # -- top level ----------------------------------------------------------------------------
+
+    def build(self, scheduler: CompressionScheduler | None) -> CompressionScheduler:
+        data = self.data
+        for key in data:
+            if key not in TOP_LEVEL_KEYS:
+                raise self.at_key(data, key).error(
+                    f"unknown section '{key}'{suggest(key, TOP_LEVEL_KEYS)}; sections are: "
+                    f"{', '.join(TOP_LEVEL_KEYS)}")
+        if "version" in data and data["version"] != 1:
+            raise self.at(data, "version").error(f"unsupported schedule version {data['version']!r}; "
+                                                 "this format is version 1")
+        self._collect_instances()
+        policies = self._parse_policies()
+        sched = scheduler or CompressionScheduler(self.model, optimizer=self.optimizer)
+        if sched.optimizer is None:
+            sched.optimizer = self.optimizer
+        for section in ("pruners", "regularizers", "quantizers", "extensions"):
+            for name in self._names_in(section):
+                self.instances[name] = self._construct(section, name)
+        for policy in policies:
+            if policy["kind"] != "lr_scheduler":
+                self._add(sched, policy)
+        for name in self._names_in("lr_schedulers"):
+            self.instances[name] = self._construct("lr_schedulers", name)
+        for policy in policies:
+            if policy["kind"] == "lr_scheduler":
+                self._add(sched, policy)
+        sched.instances.update(self.instances)
+        return sched
+
+    def _names_in(self, section: str) -> list[str]:
+        return [name for name, (sec, _) in self.declared.items() if sec == section]
+
+    def _collect_instances(self) -> None:
+        for section in SECTIONS:
+            body = self.data.get(section)
+            if body is None:
+                continue
+            if not isinstance(body, Mapping):
+                raise self.at(self.data, section).error(
+                    f"'{section}' must map instance names to their settings, not {type(body).__name__}")
+            for name, spec in body.items():
+                if not isinstance(name, str):
+                    raise self.at_key(body, name).error(f"instance name must be a string, got {name!r}")
+                if name in self.declared:
+                    first = self.declared[name][0]
+                    raise self.at_key(body, name).error(f"instance '{name}' is declared twice (also "
+                                                        f"under '{first}')")
+                if not isinstance(spec, Mapping):
+                    raise self.at(body, name).error(f"{section}.{name} must be a mapping with a 'class' key")
+                if "class" not in spec:
+                    raise self.at_key(body, name).error(f"{section}.{name} has no 'class' key")
+                self.declared[name] = (section, spec)
+
+    # -- instances ----------------------------------------------------------------------------
+
+    def _construct(self, section: str, name: str) -> Any:
+        _, spec = self.declared[name]
+        class_name = spec["class"]
+        cls = plugins.resolve_class(class_name, self.at(spec, "class"))
+        label = f"{section}.{name} ({class_name})"
+        try:
+            signature = inspect.signature(cls)
+        except (TypeError, ValueError):
+            signature = None
+        accepted: dict[str, inspect.Parameter] = {}
+        if signature is not None:
+            accepted = {p.name: p for p in signature.parameters.values()
+                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        hints = argtypes.hints_of(cls)
+        param_args = {**PARAM_ARGS, **getattr(cls, "hookprune_param_args", {})}
+        kwargs: dict[str, Any] = {}
+        for key, value in spec.items():
+            if key == "class":
+                continue
+            if key in INJECTED:
+                raise self.at_key(spec, key).error(f"{label}: '{key}' is supplied by hookprune; remove it")
+            if signature is not None and key not in accepted:
+                choices = [k for k in accepted if k not in INJECTED and k != "last_epoch"]
+                raise self.at_key(spec, key).error(
+                    f"{label} has no argument '{key}'{suggest(key, choices)}; it takes: {', '.join(choices)}")
+            if key in hints and not argtypes.matches(value, hints[key]):
+                raise self.at(spec, key).error(f"{label}: '{key}' must be {argtypes.describe(hints[key])}, "
+                                               f"got {value!r}")
+            if key in param_args:
+                value = self._param_names(spec, key, value, param_args[key], label)
+            kwargs[key] = value
+        extra = {"name": name, "model": self.model}
+        if section in ("quantizers", "lr_schedulers"):
+            if self.optimizer is None and "optimizer" in accepted:
+                raise self.at_key(self.data[section], name).error(
+                    f"{label} needs the optimizer: pass it to hookprune.load(schedule, model, optimizer)")
+            extra["optimizer"] = self.optimizer
+        if section == "lr_schedulers" and self.resumed_epoch is not None and "last_epoch" in accepted:
+            assert self.optimizer is not None
+            for group in self.optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+            extra["last_epoch"] = self.resumed_epoch
+        for key, value in extra.items():
+            if key in accepted and key not in kwargs:
+                kwargs[key] = value
+        missing = [p.name for p in accepted.values() if p.default is p.empty and p.name not in kwargs]
+        if missing:
+            raise self.at_key(self.data[section], name).error(
+                f"{label} is missing required argument{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(m) for m in missing)}")
+        try:
+            return cls(**kwargs)
+        except ArgumentError as exc:
+            key = exc.argument.split("[")[0]
+            where = self.at(spec, key) if key in spec else self.at_key(self.data[section], name)
+            raise where.error(f"{label}: {exc}") from None
+        except ScheduleError:
+            raise
+        except (ValueError, TypeError, AssertionError, KeyError) as exc:
+            message = str(exc) or type(exc).__name__
+            raise self.at_key(self.data[section], name).error(f"{label}: {message}") from None
+
+    def _param_names(self, spec: Mapping[str, Any], key: str, value: Any, form: str, label: str) -> Any:
+        """Check each parameter name against the model and spell it as the model does."""
+        if form == "names":
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                raise self.at(spec, key).error(f"{label}: '{key}' must be a list of parameter names")
+            resolved = []
+            for i, name in enumerate(items):
+                actual = self.index.resolve(name)
+                if actual is None:
+                    where = where_of(items, i) if items is value else self.at(spec, key)
+                    raise self._with_path(where).error(f"{label}: {self.index.unknown_message(name)}")
+                resolved.append(actual)
+            return resolved
+        if not isinstance(value, Mapping):
+            raise self.at(spec, key).error(f"{label}: '{key}' must map parameter names (or '*') to values")
+        return self._resolve_keys(value, f"{label}: '{key}'")
+
+    def _resolve_keys(self, table: Mapping[str, Any], label: str) -> dict[str, Any]:
+        resolved: dict[str, Any] = {}
+        for name, item in table.items():
+            if name == "*":
+                resolved[name] = item
+                continue
+            actual = self.index.resolve(name) if isinstance(name, str) else None
+            if actual is None:
+                raise self._with_path(key_where_of(table, name)).error(
+                    f"{label}: {self.index.unknown_message(str(name))}")
+            resolved[actual] = item
+        return resolved
+
+    def _with_path(self, where: Where) -> Where:
+        if where.path is None and self.path is not None:
+            return Where(self.path, where.line, where.col)
+        return where
+
+    # -- policies -----------------------------------------------------------------------------
+
+    def _parse_policies(self) -> list[dict[str, Any]]:
+        policies = self.data.get("policies")
+        if policies is None:
+            return []
+        if not isinstance(policies, list):
+            raise self.at(self.data, "policies").error("'policies' must be a list")
+        parsed = []
+        for i, pdef in enumerate(policies):
+            at = self._with_path(where_of(policies, i))
+            if not isinstance(pdef, Mapping):
+                raise at.error(f"policy #{i + 1} must be a mapping with one of: {', '.join(POLICY_KINDS)}")
+            kinds = [k for k in pdef if k in POLICY_KINDS]
+            for key in pdef:
+                if key not in POLICY_KINDS and key not in WINDOW_KEYS:
+                    raise self.at_key(pdef, key).error(
+                        f"policy #{i + 1}: unknown key '{key}'{suggest(key, (*POLICY_KINDS, *WINDOW_KEYS))}")
+            if len(kinds) != 1:
+                what = "none" if not kinds else " and ".join(kinds)
+                raise at.error(f"policy #{i + 1} must name exactly one of {', '.join(POLICY_KINDS)} "
+                               f"(found {what})")
+            kind = kinds[0]
+            body = pdef[kind]
+            if not isinstance(body, Mapping) or "instance_name" not in body:
+                raise self.at(pdef, kind).error(f"policy #{i + 1}: '{kind}' needs an 'instance_name'")
+            for key in body:
+                if key not in ("instance_name", "args"):
+                    raise self.at_key(body, key).error(
+                        f"policy #{i + 1}: unknown key '{key}'{suggest(key, ('instance_name', 'args'))}")
+            name = body["instance_name"]
+            self._check_reference(kind, name, body)
+            window = self._window(pdef, i)
+            args = body.get("args")
+            args = self._policy_args(kind, name, body, args)
+            parsed.append({"kind": kind, "name": name, "window": window, "args": args,
+                           "where": self.at(body, "instance_name")})
+        return parsed
+
+    def _check_reference(self, kind: str, name: Any, body: Mapping[str, Any]) -> None:
+        section = POLICY_KINDS[kind]
+        if name in self.declared and self.declared[name][0] == section:
+            return
+        at = self.at(body, "instance_name")
+        if name in self.declared:
+            raise at.error(f"'{name}' is declared under '{self.declared[name][0]}', but this policy's "
+                           f"'{kind}' refers to '{section}'")
+        known = self._names_in(section)
+        hint = suggest(name, known)
+        listed = f"; declared {section}: {', '.join(known)}" if known and not hint else ""
+        raise at.error(f"{kind} instance '{name}' is not declared under '{section}'{hint}{listed}")
+
+    def _window(self, pdef: Mapping[str, Any], i: int) -> Window:
+        keys = [k for k in WINDOW_KEYS if k in pdef]
+        if "epochs" in pdef and len(keys) > 1:
+            raise self.at_key(pdef, "epochs").error(
+                f"policy #{i + 1}: give either 'epochs' or starting_epoch/ending_epoch/frequency, not both")
+        try:
+            if "epochs" in pdef:
+                epochs = pdef["epochs"]
+                if not isinstance(epochs, list):
+                    raise ValueError(f"'epochs' must be a list of epochs, got {epochs!r}")
+                return Window(epochs=epochs)
+            return Window(starting_epoch=pdef.get("starting_epoch"), ending_epoch=pdef.get("ending_epoch"),
+                          frequency=pdef.get("frequency", 1))
+        except ValueError as exc:
+            culprit = next((k for k in WINDOW_KEYS if f"'{k}'" in str(exc) and k in pdef), None)
+            at = self.at(pdef, culprit) if culprit else self._with_path(where_of(pdef))
+            raise at.error(f"policy #{i + 1}: {exc}") from None
+
+    def _policy_args(self, kind: str, name: str, body: Mapping[str, Any], args: Any) -> Any:
+        if args is None:
+            return None
+        if not isinstance(args, Mapping):
+            raise self.at(body, "args").error(f"policy for '{name}': 'args' must be a mapping")
+        allowed = {"pruner": PruningArgs.names(), "regularizer": ["keep_mask"]}.get(kind, [])
+        for key in args:
+            if key not in allowed:
+                hint = suggest(key, allowed)
+                takes = f"; it takes: {', '.join(allowed)}" if allowed else f"; a {kind} policy takes no args"
+                raise self.at_key(args, key).error(f"policy for '{name}': unknown arg '{key}'{hint}{takes}")
+        values = dict(args)
+        if kind == "pruner" and "levels" in values:
+            values["levels"] = self._resolve_keys(args["levels"], f"policy for '{name}': 'levels'") \
+                if isinstance(args["levels"], Mapping) else args["levels"]
+        try:
+            return PruningArgs(**values) if kind == "pruner" else values
+        except ValueError as exc:
+            culprit = next((k for k in args if f"'{k}'" in str(exc)), None)
+            at = self.at(args, culprit) if culprit else self.at(body, "args")
+            raise at.error(f"policy for '{name}': {exc}") from None
+
+    def _add(self, sched: CompressionScheduler, policy: dict[str, Any]) -> None:
+        kind, name, window, args, where = (policy[k] for k in ("kind", "name", "window", "args", "where"))
+        instance = self.instances[name]
+        label = f"{POLICY_KINDS[kind]}.{name} ({type(instance).__name__})"
+        adapter: Any = None
+        if kind == "pruner" and (callable(getattr(instance, "set_param_mask", None))
+                                 or plugins.has_hookimpls(instance)):
+            check = getattr(instance, "check_policy", None)
+            if callable(check):
+                try:
+                    check(window.starting_epoch, window.ending_epoch, window.frequency)
+                except ValueError as exc:
+                    raise where.error(f"{label}: {exc}") from None
+            adapter = PruningPolicy(instance, args)
+        elif kind == "lr_scheduler" and callable(getattr(instance, "step", None)):
+            adapter = LRPolicy(instance)
+        elif kind == "regularizer" and callable(getattr(instance, "loss", None)):
+            adapter = RegularizationPolicy(instance, **(args or {}))
+        elif kind == "quantizer" and callable(getattr(instance, "quantize_params", None)):
+            adapter = QuantizationPolicy(instance)
+        elif kind == "extension" and is_distiller_policy(instance) and not plugins.has_hookimpls(instance):
+            adapter = DistillerPolicyAdapter(instance)
+        if adapter is not None:
+            sched._schedule(adapter, window, label, where)
+        if plugins.has_hookimpls(instance):
+            sched._schedule(instance, window, label, where)
+        elif adapter is None:
+            raise where.error(f"{label} has no hookimpls and none of Distiller's methods for a {kind} "
+                              f"({_DISTILLER_METHOD[kind]}), so nothing would call it")
+
+
+_DISTILLER_METHOD = {
+    "pruner": "set_param_mask",
+    "lr_scheduler": "step",
+    "regularizer": "loss",
+    "quantizer": "quantize_params",
+    "extension": "on_epoch_begin and the other ScheduledTrainingPolicy methods",
+}

@@ -1,0 +1,359 @@
+"""The compression scheduler: dispatches events to the instances active in the current epoch.
+
+Hook implementations are registered and validated with pluggy; dispatch is a precomputed list
+per epoch, so an inactive instance costs nothing and each call is attributed to its instance
+(for loss-term names and for errors). Within an event, instances run in policy order, LR
+schedulers last, then auto-loaded hook plugins; ``tryfirst``/``trylast`` move an implementation
+to the front or the back.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hookprune.errors import ScheduleError, Where
+from hookprune.events import EVENT_ARGS, Event
+from hookprune.masks import MaskStore
+from hookprune.params import ParamIndex
+from hookprune.plugins import (
+    HOOK_NAMES,
+    autoloaded_plugins,
+    distribution_of,
+    has_hookimpls,
+    make_plugin_manager,
+    validate_plugin,
+)
+from hookprune.policies import (
+    DistillerPolicyAdapter,
+    LossTerm,
+    Policy,
+    PolicyLoss,
+    PruningPolicy,
+    Window,
+    is_distiller_policy,
+)
+from hookprune.sparsity import LayerSparsity, sparsity_report, total_sparsity
+
+_UNSET: Any = object()
+_EVENTS = {e.value: e for e in Event}
+
+
+@dataclass
+class _Entry:
+    plugin: Any
+    label: str
+    windows: list[Window] | None
+    runs_last: bool = False
+    impls: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], int]]] = field(default_factory=dict)
+
+    def active(self, epoch: int) -> bool:
+        return self.windows is None or any(epoch in w for w in self.windows)
+
+
+class CompressionScheduler:
+    """Holds a model's masks and schedule instances, and fires events to them.
+
+    Keeps Distiller's method names (``on_epoch_begin(epoch)``, ``before_backward_pass(...)``, ...)
+    so a Distiller training loop ports by changing its imports.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.model = model
+        self.device = device
+        self.optimizer = optimizer
+        self.masks = MaskStore(model, ParamIndex(model))
+        self.zeros_mask_dict = self.masks.maskers
+        self.pm = make_plugin_manager()
+        self.instances: dict[str, Any] = {}
+        self.policies: dict[int, list[Any]] = {}
+        self.sched_metadata: dict[Any, dict[str, Any]] = {}
+        self.loss_components: dict[str, torch.Tensor] = {}
+        self.epoch: int | None = None
+        self._entries: list[_Entry] = []
+        self._tables: dict[int, dict[str, Any]] = {}
+        self._counter = itertools.count()
+        for plugin in autoloaded_plugins():
+            self._entries.append(self._entry(plugin.obj, f"plugin '{plugin.provider.name}'", None,
+                                             registered=True))
+
+    # -- building ---------------------------------------------------------------------------
+
+    def add_policy(self, policy: Any, epochs: list[int] | None = None, starting_epoch: int | None = None,
+                   ending_epoch: int | None = None, frequency: int | None = 1, *,
+                   name: str | None = None) -> Any:
+        """Schedule ``policy`` for ``epochs`` or ``range(starting_epoch, ending_epoch, frequency)``.
+
+        ``policy`` is a hookprune policy (``PruningPolicy(pruner, args)``, ``LRPolicy(sched)``...),
+        any object with hookimpls, or an object with Distiller's ``ScheduledTrainingPolicy`` methods.
+        """
+        window = Window(epochs, starting_epoch, ending_epoch, frequency)
+        label = name or f"{type(policy).__name__}#{next(self._counter)}"
+        self._schedule(policy, window, label)
+        return policy
+
+    def _schedule(self, policy: Any, window: Window, label: str, where: Where | None = None) -> None:
+        if has_hookimpls(policy):
+            plugin = policy
+        elif is_distiller_policy(policy):
+            plugin = DistillerPolicyAdapter(policy)
+        else:
+            message = (f"{label}: {type(policy).__name__} has no hookimpls and none of Distiller's "
+                       "policy methods, so no event would reach it")
+            raise (where.error(message) if where else TypeError(message))
+        entry = next((e for e in self._entries if e.plugin is plugin), None)
+        if entry is None:
+            validate_plugin(plugin, label, where)
+            self._entries.append(self._entry(plugin, label, [window]))
+        elif entry.windows is not None:
+            entry.windows.append(window)
+        if isinstance(plugin, Policy):
+            plugin.attach(window)
+            self.sched_metadata[policy] = plugin.meta
+        else:
+            self.sched_metadata[policy] = window.meta()
+        for epoch in window:
+            self.policies.setdefault(epoch, []).append(policy)
+        self._tables.clear()
+
+    def _entry(self, plugin: Any, label: str, windows: list[Window] | None,
+               registered: bool = False) -> _Entry:
+        if not registered:
+            self.pm.register(plugin, name=f"{label}@{next(self._counter)}")
+            self.pm.check_pending()
+        entry = _Entry(plugin, label, windows, runs_last=bool(getattr(plugin, "runs_last", False)))
+        for hook_name in HOOK_NAMES:
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin is plugin:
+                    rank = -1 if impl.tryfirst else (1 if impl.trylast else 0)
+                    entry.impls.setdefault(hook_name, []).append((impl.function, tuple(impl.argnames), rank))
+        return entry
+
+    def _table(self, epoch: int) -> dict[str, Any]:
+        table = self._tables.get(epoch)
+        if table is not None:
+            return table
+        active = [e for e in self._entries if e.active(epoch)]
+        scheduled = [e for e in active if e.windows is not None]
+        ordered = ([e for e in scheduled if not e.runs_last] + [e for e in scheduled if e.runs_last]
+                   + [e for e in active if e.windows is None])
+        table = {"pruning_active": any(isinstance(e.plugin, PruningPolicy) for e in active)}
+        for hook_name in HOOK_NAMES:
+            calls = [(rank, fn, argnames, entry) for entry in ordered
+                     for fn, argnames, rank in entry.impls.get(hook_name, ())]
+            calls.sort(key=lambda c: c[0])
+            table[hook_name] = [(fn, argnames, entry) for _, fn, argnames, entry in calls]
+        self._tables[epoch] = table
+        return table
+
+    # -- activation -------------------------------------------------------------------------
+
+    def __enter__(self) -> CompressionScheduler:
+        _stack.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _stack.remove(self)
+
+    # -- firing -----------------------------------------------------------------------------
+
+    def fire(self, event: str | Event, /, **kwargs: Any) -> Any:
+        """Fire ``event`` with the loop's arguments; returns the loss for ``before_backward``."""
+        ev = _EVENTS.get(event.value if isinstance(event, Event) else event)
+        if ev is None:
+            raise ValueError(f"unknown event {event!r}; events are: {', '.join(_EVENTS)}")
+        optimizer = kwargs.pop("optimizer", _UNSET)
+        if optimizer is _UNSET or optimizer is None:
+            optimizer = self.optimizer
+        if ev is Event.ON_EPOCH_END and kwargs.get("metrics") is None:
+            kwargs["metrics"] = {}
+        needed = EVENT_ARGS[ev]
+        if len(kwargs) != len(needed) or any(a not in kwargs for a in needed):
+            missing = [a for a in needed if a not in kwargs]
+            extra = [a for a in kwargs if a not in needed]
+            raise TypeError(f"fire('{ev.value}') needs {', '.join(needed)} (and optionally optimizer)"
+                            + (f"; missing {', '.join(missing)}" if missing else "")
+                            + (f"; unexpected {', '.join(extra)}" if extra else ""))
+        epoch = kwargs["epoch"]
+        table = self._table(epoch)
+        kwargs["scheduler"] = self
+        kwargs["model"] = self.model
+        kwargs["optimizer"] = optimizer
+        name = ev.value
+        if ev is Event.ON_EPOCH_BEGIN:
+            self.epoch = epoch
+        elif ev is Event.ON_MINIBATCH_END:
+            self.masks.apply_after_step()
+        elif ev is Event.BEFORE_BACKWARD:
+            return self._before_backward(table[name], kwargs)
+        self._run(name, table[name], kwargs)
+        if ev is Event.ON_MINIBATCH_BEGIN:
+            self.masks.apply_pending(table["pruning_active"])
+        elif ev is Event.BEFORE_OPTIMIZER_STEP:
+            self.masks.mask_gradients()
+            self.masks.revert_double_copies()
+        return None
+
+    @staticmethod
+    def _run(name: str, calls: list[Any], args: dict[str, Any]) -> list[tuple[_Entry, Any]]:
+        results = []
+        for fn, argnames, entry in calls:
+            try:
+                result = fn(*[args[a] for a in argnames])
+            except Exception as exc:
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"hookprune: raised in hook '{name}' of {entry.label} "
+                                 f"(from {distribution_of(entry.plugin)})")
+                raise
+            if result is not None:
+                results.append((entry, result))
+        return results
+
+    def _before_backward(self, calls: list[Any], args: dict[str, Any]) -> torch.Tensor:
+        loss = args["loss"]
+        terms: dict[str, torch.Tensor] = {}
+        total = loss
+        for entry, result in self._run("before_backward", calls, args):
+            if isinstance(result, LossTerm):
+                term_name, value = result
+            elif isinstance(result, torch.Tensor):
+                term_name, value = entry.label, result
+            else:
+                raise TypeError(f"{entry.label}: before_backward returned {type(result).__name__}; "
+                                "return None, a tensor or hookprune.LossTerm(name, value)")
+            unique, n = term_name, 1
+            while unique in terms:
+                n += 1
+                unique = f"{term_name}_{n}"
+            terms[unique] = value
+            total = total + value
+        self.loss_components = terms
+        return total
+
+    # -- Distiller's method names -----------------------------------------------------------
+
+    def on_epoch_begin(self, epoch: int, optimizer: torch.optim.Optimizer | None = None,
+                       **kwargs: Any) -> None:
+        self.fire(Event.ON_EPOCH_BEGIN, epoch=epoch, optimizer=optimizer)
+
+    def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                           optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.fire(Event.ON_MINIBATCH_BEGIN, epoch=epoch, minibatch_id=minibatch_id,
+                  minibatches_per_epoch=minibatches_per_epoch, optimizer=optimizer)
+
+    def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                             loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None,
+                             return_loss_components: bool = False) -> Any:
+        total = self.fire(Event.BEFORE_BACKWARD, epoch=epoch, minibatch_id=minibatch_id,
+                          minibatches_per_epoch=minibatches_per_epoch, loss=loss, optimizer=optimizer)
+        if return_loss_components:
+            return PolicyLoss(total, [LossTerm(k, v) for k, v in self.loss_components.items()])
+        return total
+
+    def before_parameter_optimization(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                                      optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.fire(Event.BEFORE_OPTIMIZER_STEP, epoch=epoch, minibatch_id=minibatch_id,
+                  minibatches_per_epoch=minibatches_per_epoch, optimizer=optimizer)
+
+    def on_minibatch_end(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                         optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.fire(Event.ON_MINIBATCH_END, epoch=epoch, minibatch_id=minibatch_id,
+                  minibatches_per_epoch=minibatches_per_epoch, optimizer=optimizer)
+
+    def on_epoch_end(self, epoch: int, optimizer: torch.optim.Optimizer | None = None,
+                     metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        self.fire(Event.ON_EPOCH_END, epoch=epoch, optimizer=optimizer,
+                  metrics=dict(metrics) if metrics is not None else None)
+
+    def mask_all_weights(self, is_forward: bool = True) -> None:
+        """Apply the masks now (all of them, or all but forward-only ones when not ``is_forward``)."""
+        if is_forward:
+            self.masks.apply()
+        else:
+            self.masks.apply_after_step()
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def sparsity(self) -> list[LayerSparsity]:
+        """Per-layer zero counts of the masked parameters, read from the weights themselves."""
+        return sparsity_report(self.model, list(self.masks))
+
+    def total_sparsity(self) -> float:
+        """Fraction of zeros over all the model's weights (parameters with more than one dimension)."""
+        return total_sparsity(sparsity_report(self.model))
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _policy_plugins(self) -> list[Policy]:
+        return [e.plugin for e in self._entries if isinstance(e.plugin, Policy)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that decides a future step: masks, every instance's and policy's progress."""
+        masks = self.masks.state_dict()
+        instances = {}
+        for name, obj in self.instances.items():
+            get_state = getattr(obj, "state_dict", None)
+            if callable(get_state):
+                instances[name] = get_state()
+        return {
+            "masks_dict": masks["masks"],
+            "mask_flags": masks["flags"],
+            "instances": instances,
+            "policies": [p.state_dict() for p in self._policy_plugins()],
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], normalize_dataparallel_keys: bool = False) -> None:
+        """Restore :meth:`state_dict`'s output, or a Distiller checkpoint's ``{'masks_dict': ...}``.
+
+        Mask names match with or without ``module.``, so ``normalize_dataparallel_keys`` is implied.
+        """
+        if "masks_dict" not in state:
+            raise ScheduleError("the scheduler state has no 'masks_dict': not a compression-scheduler "
+                                "state")
+        try:
+            self.masks.load_masks(state["masks_dict"])
+        except KeyError as exc:
+            raise ScheduleError(f"the saved masks do not fit the model: {exc.args[0]}") from None
+        self.masks.load_flags(state.get("mask_flags", {}))
+        for name, inst_state in state.get("instances", {}).items():
+            obj = self.instances.get(name)
+            if obj is not None and callable(getattr(obj, "load_state_dict", None)):
+                obj.load_state_dict(inst_state)
+        policies = self._policy_plugins()
+        saved = state.get("policies", [])
+        if saved and len(saved) != len(policies):
+            raise ScheduleError(f"the saved state has {len(saved)} policies, this schedule {len(policies)}")
+        for policy, policy_state in zip(policies, saved, strict=False):
+            policy.load_state_dict(policy_state)
+        self.epoch = state.get("epoch")
+        self.masks.mark_all_pending()
+
+
+_stack: list[CompressionScheduler] = []
+_loaded: list[CompressionScheduler | None] = [None]
+
+
+def set_active(scheduler: CompressionScheduler | None) -> None:
+    """Make ``scheduler`` the one :func:`fire` dispatches to (``load`` does this)."""
+    _loaded[0] = scheduler
+
+
+def active() -> CompressionScheduler:
+    """The active scheduler: the innermost ``with sched:``, else the last one ``load`` returned."""
+    if _stack:
+        return _stack[-1]
+    if _loaded[0] is None:
+        raise RuntimeError("no active compression scheduler: call hookprune.load(schedule, model, "
+                           "optimizer) first, or use 'with scheduler:'")
+    return _loaded[0]
+
+
+def fire(event: str | Event, /, **kwargs: Any) -> Any:
+    """Fire ``event`` on the active scheduler; see :meth:`CompressionScheduler.fire`."""
+    return active().fire(event, **kwargs)
