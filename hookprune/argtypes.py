@@ -19,12 +19,17 @@ def describe(hint: Any) -> str:
         return " or ".join(repr(a) for a in typing.get_args(hint))
     if origin in (list, tuple, cabc.Sequence, set, frozenset):
         args = typing.get_args(hint)
-        return f"a list of {describe(args[0])}" if args else "a list"
+        return f"a list of {_plural(args[0])}" if args else "a list"
     if origin in (dict, cabc.Mapping):
         args = typing.get_args(hint)
-        return f"a mapping of {describe(args[0])} to {describe(args[1])}" if args else "a mapping"
+        return f"a mapping of {_plural(args[0])} to {_plural(args[1])}" if args else "a mapping"
     names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(hint: Any) -> str:
+    names = {float: "numbers", int: "integers", bool: "booleans", str: "strings"}
+    return names.get(hint, describe(hint))
 
 
 def matches(value: Any, hint: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from hookprune import __version__
@@ -13,7 +14,7 @@ def _check(args: argparse.Namespace) -> int:
     import torch
 
     from hookprune import models
-    from hookprune.errors import ScheduleError
+    from hookprune.errors import ScheduleError, ScheduleWarning
     from hookprune.schedule import build
 
     try:
@@ -23,12 +24,19 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     try:
-        sched = build(args.schedule, model, optimizer)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ScheduleWarning)
+            sched = build(args.schedule, model, optimizer)
+        for warning in caught:
+            if issubclass(warning.category, ScheduleWarning):
+                print(f"warning: {warning.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     except ScheduleError as exc:
         print(exc, file=sys.stderr)
         return 1
     except Exception as exc:  # a third-party class failing in its constructor, say
-        print(f"{args.schedule}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{args.schedule}: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     epochs = sorted(sched.policies)
     span = f"epochs {epochs[0]}..{epochs[-1]}" if epochs else "no policies"
@@ -41,19 +49,20 @@ def _plugins(args: argparse.Namespace) -> int:
 
     print("Schedule classes (entry point group 'hookprune.classes'):")
     providers = plugins.class_providers()
+    loaded = plugins.autoloaded_plugins()
     width = max((len(n) for n in providers), default=10)
+    label_width = max((len(p.label) for found in providers.values() for p in found), default=10)
     for name, found in providers.items():
         for provider in found:
             clash = "  (name clash)" if len(found) > 1 else ""
-            print(f"  {name:<{width}}  {provider.label:<24} {provider.value}{clash}")
+            print(f"  {name:<{width}}  {provider.label:<{label_width}} {provider.value}{clash}")
     print("Hook plugins (entry point group 'hookprune'):")
-    loaded = plugins.autoloaded_plugins()
     if not loaded:
         disabled = plugins.DISABLE_AUTOLOAD_ENV
         print(f"  none{'' if not __import__('os').environ.get(disabled) else f' ({disabled} is set)'}")
     for plugin in loaded:
         hooks = ", ".join(plugins.hookimpl_names(plugin.obj))
-        print(f"  {plugin.provider.name:<{width}}  {plugin.provider.label:<24} {plugin.provider.value}"
+        print(f"  {plugin.provider.name:<{width}}  {plugin.provider.label:<{label_width}} {plugin.provider.value}"
               f"  hooks: {hooks}")
     return 0
 

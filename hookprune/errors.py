@@ -25,6 +25,10 @@ class ScheduleError(ValueError):
         return f"{where}: {self.message}"
 
 
+class ScheduleWarning(UserWarning):
+    """Something in a schedule is harmless but worth fixing (a key repeated with the same value)."""
+
+
 @dataclass(frozen=True)
 class Where:
     """A place in a schedule: the file and the 1-based line and column."""
@@ -45,3 +49,20 @@ def suggest(name: object, candidates: Iterable[str], n: int = 3) -> str:
     quoted = [f"'{m}'" for m in matches]
     listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
     return f" (did you mean {listed}?)"
+
+
+def yaml_kind(value: object) -> str:
+    """How a YAML reader would name ``value``'s kind: "a list", "a mapping", "a string"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"

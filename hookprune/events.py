@@ -22,10 +22,10 @@ The loop below shows where each event fires::
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Event(str, Enum):
+class Event(StrEnum):
     """A hook name; the value is the name in :mod:`hookprune.hookspecs`."""
 
     ON_EPOCH_BEGIN = "on_epoch_begin"
@@ -34,9 +34,6 @@ class Event(str, Enum):
     BEFORE_OPTIMIZER_STEP = "before_optimizer_step"
     ON_MINIBATCH_END = "on_minibatch_end"
     ON_EPOCH_END = "on_epoch_end"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: The arguments each event needs from the loop (the scheduler adds scheduler, model, optimizer).

@@ -81,8 +81,9 @@ def _load_class(provider: Provider) -> Any:
     return provider.entry_point.load()
 
 
-def resolve_class(name: object, where: Where = Where()) -> Any:
+def resolve_class(name: object, where: Where | None = None) -> Any:
     """Import and return the class a schedule calls ``name``; only this name's module is imported."""
+    where = where or Where()
     if not isinstance(name, str) or not name:
         raise where.error(f"'class' must be a class name, not {name!r}")
     providers = class_providers().get(name)

@@ -3,6 +3,7 @@ Distiller-style objects (pruners, regularizers, quantizers, LR schedulers, polic
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections import namedtuple
 from dataclasses import dataclass, fields
@@ -34,7 +35,7 @@ class Window:
             for e in epochs:
                 if not isinstance(e, int) or isinstance(e, bool) or e < 0:
                     raise ValueError(f"epochs must be integers >= 0, got {e!r}")
-            if any(b <= a for a, b in zip(epochs, epochs[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(epochs)):
                 raise ValueError(f"'epochs' must be strictly increasing, got {epochs}")
             self.epochs: range | frozenset[int] = frozenset(epochs)
             self.listed: tuple[int, ...] | None = tuple(epochs)
@@ -128,8 +129,7 @@ class PruningArgs:
             raise ValueError("'mini_batch_pruning_frequency' must be an integer >= 0, got "
                              f"{self.mini_batch_pruning_frequency!r}")
         if self.mask_gradients and not self.mask_on_forward_only:
-            raise ValueError("'mask_gradients' needs 'mask_on_forward_only: true' (Distiller: the two "
-                             "are mutually exclusive otherwise)")
+            raise ValueError("'mask_gradients' requires 'mask_on_forward_only' to be true as well")
 
     @classmethod
     def names(cls) -> list[str]:

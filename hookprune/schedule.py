@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from hookprune import argtypes, plugins
-from hookprune.errors import ScheduleError, Where, suggest
+from hookprune.errors import ScheduleError, Where, suggest, yaml_kind
 from hookprune.params import ParamIndex
 from hookprune.policies import (
     DistillerPolicyAdapter,
@@ -149,7 +149,7 @@ class _Builder:
                 continue
             if not isinstance(body, Mapping):
                 raise self.at(self.data, section).error(
-                    f"'{section}' must map instance names to their settings, not {type(body).__name__}")
+                    f"'{section}' must map instance names to their settings, not {yaml_kind(body)}")
             for name, spec in body.items():
                 if not isinstance(name, str):
                     raise self.at_key(body, name).error(f"instance name must be a string, got {name!r}")
@@ -226,6 +226,9 @@ class _Builder:
         except (ValueError, TypeError, AssertionError, KeyError) as exc:
             message = str(exc) or type(exc).__name__
             raise self.at_key(self.data[section], name).error(f"{label}: {message}") from None
+        except Exception as exc:
+            raise self.at_key(self.data[section], name).error(
+                f"{label}: {type(exc).__name__}: {exc}") from None
 
     def _param_names(self, spec: Mapping[str, Any], key: str, value: Any, form: str, label: str) -> Any:
         """Check each parameter name against the model and spell it as the model does."""
@@ -308,8 +311,8 @@ class _Builder:
             return
         at = self.at(body, "instance_name")
         if name in self.declared:
-            raise at.error(f"'{name}' is declared under '{self.declared[name][0]}', but this policy's "
-                           f"'{kind}' refers to '{section}'")
+            raise at.error(f"'{name}' is declared under '{self.declared[name][0]}', but a '{kind}' policy needs "
+                           f"an instance from '{section}'")
         known = self._names_in(section)
         hint = suggest(name, known)
         listed = f"; declared {section}: {', '.join(known)}" if known and not hint else ""
@@ -329,7 +332,8 @@ class _Builder:
             return Window(starting_epoch=pdef.get("starting_epoch"), ending_epoch=pdef.get("ending_epoch"),
                           frequency=pdef.get("frequency", 1))
         except ValueError as exc:
-            culprit = next((k for k in WINDOW_KEYS if f"'{k}'" in str(exc) and k in pdef), None)
+            quoted = [(str(exc).find(f"'{k}'"), k) for k in WINDOW_KEYS if k in pdef and f"'{k}'" in str(exc)]
+            culprit = min(quoted)[1] if quoted else None
             at = self.at(pdef, culprit) if culprit else self._with_path(where_of(pdef))
             raise at.error(f"policy #{i + 1}: {exc}") from None
 

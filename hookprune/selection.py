@@ -28,10 +28,13 @@ def prune_mask_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
     threshold = kth_smallest(flat, k)
-    below = flat < threshold
-    ties_wanted = k - below.sum()
-    at = flat == threshold
-    prune = below | (at & (torch.cumsum(at, 0, dtype=torch.int64) <= ties_wanted))
+    prune = flat <= threshold
+    surplus = int(prune.sum()) - k
+    if surplus:
+        # more elements equal the threshold than fit: keep the last `surplus` of them by position
+        at = flat == threshold
+        ties_wanted = int(at.sum()) - surplus
+        prune = (flat < threshold) | (at & (torch.cumsum(at, 0, dtype=torch.int64) <= ties_wanted))
     return prune.view(scores.shape)
 
 

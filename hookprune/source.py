@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hookprune.errors import ScheduleError, Where
+from hookprune.errors import ScheduleWarning, Where, yaml_kind
 
 
 class LocDict(dict):
@@ -80,10 +81,15 @@ def _construct_mapping(loader: _ScheduleLoader, node: yaml.MappingNode) -> LocDi
             hash(key)
         except TypeError:
             raise at.error("a mapping key must be a plain value") from None
+        value = loader.construct_object(value_node, deep=True)
         if key in result:
             first = result.key_where[key]
-            raise at.error(f"duplicate key '{key}' (first given at line {first.line})")
-        result[key] = loader.construct_object(value_node, deep=True)
+            if value != result[key]:
+                raise at.error(f"duplicate key '{key}' with a different value (first given at line {first.line})")
+            warnings.warn(ScheduleWarning(f"{at.path or '<schedule>'}:{at.line}:{at.col}: key '{key}' repeats "
+                                          f"line {first.line} with the same value"), stacklevel=2)
+            continue
+        result[key] = value
         result.key_where[key] = at
         result.value_where[key] = _where(value_node.start_mark, loader.source_path)
     return result
@@ -142,5 +148,5 @@ def read_schedule(schedule: str | os.PathLike[str] | Mapping[str, Any]) -> tuple
         raise Where(path, 1, 1).error("the schedule is empty: expected a mapping with 'policies:'")
     if not isinstance(data, Mapping):
         at = data.where if isinstance(data, LocList) else Where(path, 1, 1)
-        raise at.error(f"the schedule must be a mapping of sections, not a {type(data).__name__}")
+        raise at.error(f"the schedule must be a mapping of sections, not {yaml_kind(data)}")
     return data, path

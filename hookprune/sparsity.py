@@ -47,7 +47,7 @@ def format_table(rows: Iterable[LayerSparsity]) -> str:
     width = max([len(r.name) for r in rows] + [len("Total")])
     lines = [f"{'Name':<{width}}  {'Shape':<20} {'NNZ':>12} {'Sparsity':>9}"]
     for r in rows:
-        lines.append(f"{r.name:<{width}}  {str(r.shape):<20} {r.nonzeros:>12} {100 * r.sparsity:>8.2f}%")
+        lines.append(f"{r.name:<{width}}  {r.shape!s:<20} {r.nonzeros:>12} {100 * r.sparsity:>8.2f}%")
     lines.append(f"{'Total':<{width}}  {'':<20} {sum(r.nonzeros for r in rows):>12} "
                  f"{100 * total_sparsity(rows):>8.2f}%")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ def check_fraction(argument: str, value: Any, *, below_one: bool = True) -> floa
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ArgumentError(argument, f"'{argument}' must be a number, got {value!r}")
     upper_ok = value < 1 if below_one else value <= 1
-    if not (0 <= value and upper_ok):
+    if not (value >= 0 and upper_ok):
         bound = "[0, 1)" if below_one else "[0, 1]"
         raise ArgumentError(argument, f"'{argument}' must be within {bound}, got {value}")
     return float(value)
