@@ -62,8 +62,10 @@ def test_identical_repeated_key_is_a_warning_and_a_differing_one_an_error(corpus
         warnings.simplefilter("always", ScheduleWarning)
         read_schedule(corpus / "ssl/ssl_channels-removal_training.yaml")
     assert [str(w.message).split("/")[-1] for w in caught] == [
-        "ssl_channels-removal_training.yaml:77:7: key 'module.layer2.1.conv2.weight' repeats line 75 with the same value",
-        "ssl_channels-removal_training.yaml:83:7: key 'module.layer3.1.conv2.weight' repeats line 81 with the same value",
+        "ssl_channels-removal_training.yaml:77:7: key 'module.layer2.1.conv2.weight' repeats line 75 "
+        "with the same value",
+        "ssl_channels-removal_training.yaml:83:7: key 'module.layer3.1.conv2.weight' repeats line 81 "
+        "with the same value",
     ]
     bad = tmp_path / "bad.yaml"
     bad.write_text("pruners:\n  p:\n    class: A\n    class: B\n")
