@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -59,7 +60,7 @@ def _plugins(args: argparse.Namespace) -> int:
     print("Hook plugins (entry point group 'hookprune'):")
     if not loaded:
         disabled = plugins.DISABLE_AUTOLOAD_ENV
-        print(f"  none{'' if not __import__('os').environ.get(disabled) else f' ({disabled} is set)'}")
+        print(f"  none{f' ({disabled} is set)' if os.environ.get(disabled) else ''}")
     for plugin in loaded:
         hooks = ", ".join(plugins.hookimpl_names(plugin.obj))
         print(f"  {plugin.provider.name:<{width}}  {plugin.provider.label:<{label_width}} {plugin.provider.value}"

@@ -100,10 +100,7 @@ class _Builder:
         self.instances: dict[str, Any] = {}
 
     def at(self, container: Any, key: Any = None) -> Where:
-        where = where_of(container, key)
-        if where.path is None and self.path is not None:
-            return Where(self.path, where.line, where.col)
-        return where
+        return self._with_path(where_of(container, key))
 
     def at_key(self, container: Any, key: Any) -> Where:
         return key_where_of(container, key)
