@@ -7,6 +7,7 @@
 from hookprune.errors import ScheduleError
 from hookprune.events import Event
 from hookprune.hookspecs import hookimpl
+from hookprune.knowledge_distillation import DistillationLossWeights, KnowledgeDistillationPolicy
 from hookprune.masks import ParameterMasker
 from hookprune.policies import (
     LossComponent,
@@ -24,7 +25,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressionScheduler",
+    "DistillationLossWeights",
     "Event",
+    "KnowledgeDistillationPolicy",
     "LRPolicy",
     "LossComponent",
     "LossTerm",

@@ -117,6 +117,7 @@ class PruningArgs:
     use_double_copies: bool = False
     discard_masks_at_minibatch_end: bool = False
     skip_first_minibatch: bool = False
+    fold_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -149,13 +150,29 @@ class PruningPolicy(Policy):
         self.is_initialized = False
         self.is_last_epoch = False
         self._set_param_mask = getattr(pruner, "set_param_mask", None)
+        self._bn_followers: dict[str, Any] | None = None
 
     def _set_masks(self, scheduler: CompressionScheduler) -> None:
         if self._set_param_mask is None:
             return
         zeros_mask_dict = scheduler.zeros_mask_dict
+        folded = self._batchnorm_followers(scheduler.model) if self.args.fold_batchnorm else {}
         for param_name, param in scheduler.masks.index.params.items():
-            self._set_param_mask(param, param_name, zeros_mask_dict, self.meta)
+            ranked = param
+            if param_name in folded:
+                from hookprune.thinning.graph import fold_batchnorm_weight
+
+                ranked = fold_batchnorm_weight(*folded[param_name])
+            self._set_param_mask(ranked, param_name, zeros_mask_dict, self.meta)
+
+    def _batchnorm_followers(self, model: torch.nn.Module) -> dict[str, Any]:
+        """``fold_batchnorm``: each Conv2d weight followed directly by a BatchNorm, found once per policy
+        in the model's fx graph; the pruner ranks ``weight * gamma / sqrt(running_var + eps)``."""
+        if self._bn_followers is None:
+            from hookprune.thinning.graph import batchnorm_followers
+
+            self._bn_followers = batchnorm_followers(model)
+        return self._bn_followers
 
     @hookimpl
     def on_epoch_begin(self, scheduler: CompressionScheduler, epoch: int) -> None:
@@ -242,7 +259,25 @@ class LRPolicy(Policy):
 
 class RegularizationPolicy(Policy):
     """Drives a Distiller-style regularizer: ``loss()`` adds a named term before backward, and
-    ``threshold()`` masks (kept at the end of the window when ``keep_mask``)."""
+    ``threshold()`` zeroes weights after each optimizer step (kept at the end of the window when
+    ``keep_mask``).
+
+    A threshold mask never replaces a pruner's mask (Distiller issue 54): ``threshold()`` writes into
+    a :class:`ThresholdSlot`, the parameter (already masked by the engine after the optimizer step) is
+    multiplied by it, so the weights carry the AND of both masks, and ``scheduler.masks`` keeps the
+    pruner's mask alone. Only at the last minibatch of the window with ``keep_mask`` does the AND
+    become the parameter's mask for good.
+    """
+
+    class ThresholdSlot:
+        """What ``zeros_mask_dict[param_name]`` is inside ``threshold()``: it receives the mask (and the
+        ``is_regularization_mask`` flag) a Distiller regularizer sets, and touches no other mask."""
+
+        __slots__ = ("is_regularization_mask", "mask")
+
+        def __init__(self) -> None:
+            self.mask: torch.Tensor | None = None
+            self.is_regularization_mask = False
 
     def __init__(self, regularizer: Any, keep_mask: bool = False) -> None:
         super().__init__()
@@ -272,12 +307,23 @@ class RegularizationPolicy(Policy):
         if getattr(self.regularizer, "threshold_criteria", None) is None:
             return
         keep = self.keep_mask and self.is_last_epoch and minibatch_id == minibatches_per_epoch - 1
-        for param_name, param in scheduler.masks.index.params.items():
-            self.regularizer.threshold(param, param_name, scheduler.zeros_mask_dict)
-            masker = scheduler.zeros_mask_dict[param_name]
+        masks = scheduler.masks
+        for param_name, param in masks.index.params.items():
+            slot = self.ThresholdSlot()
+            self.regularizer.threshold(param, param_name, {param_name: slot})
+            if slot.mask is None:
+                continue
+            threshold_mask = torch.as_tensor(slot.mask).to(param.device)
+            if tuple(threshold_mask.shape) != tuple(param.shape):
+                raise ValueError(f"{type(self.regularizer).__name__}.threshold() gave '{param_name}' a mask of "
+                                 f"shape {tuple(threshold_mask.shape)}, the parameter {tuple(param.shape)}")
+            if threshold_mask.dtype != torch.bool:
+                threshold_mask = threshold_mask != 0
+            with torch.no_grad():
+                param.mul_(threshold_mask)
             if keep:
-                masker.is_regularization_mask = False
-            masker.apply_mask(param)
+                pruning_mask = masks.get(param_name)
+                masks[param_name] = threshold_mask if pruning_mask is None else threshold_mask & pruning_mask
 
     def state_dict(self) -> dict[str, Any]:
         return {"is_last_epoch": self.is_last_epoch}

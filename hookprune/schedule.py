@@ -1,6 +1,6 @@
 """Turning a Distiller-format schedule into a :class:`CompressionScheduler`.
 
-Order of work, as in Distiller: pruners, regularizers, quantizers and extensions are built,
+Order of work, as in Distiller: pruners, regularizers, quantizers, extensions (and distillers) are built,
 then the policies, then the LR schedulers (quantizers may change the optimizer first). Every
 problem is reported as one :class:`ScheduleError` pointing at the culprit's line.
 """
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from hookprune import argtypes, plugins
+from hookprune import argtypes, knowledge_distillation, plugins
 from hookprune.errors import ScheduleError, Where, suggest, yaml_kind
-from hookprune.params import ParamIndex
+from hookprune.params import ParamIndex, normalize_name
 from hookprune.policies import (
     DistillerPolicyAdapter,
     LRPolicy,
@@ -38,11 +39,17 @@ SECTIONS = {
     "quantizers": "quantizer",
     "lr_schedulers": "lr_scheduler",
     "extensions": "extension",
+    "distillers": "distiller",
 }
 POLICY_KINDS = {kind: section for section, kind in SECTIONS.items()}
 TOP_LEVEL_KEYS = ("version", *SECTIONS, "policies")
 WINDOW_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
 INJECTED = ("name", "model", "optimizer")
+#: a parameter-name entry starting with this is a regular expression over the model's names
+REGEX_PREFIX = "re:"
+
+#: the one class of the ``distillers`` section, where ``class`` may be left out
+DISTILLER_CLASS = "KnowledgeDistillationPolicy"
 
 #: constructor arguments that hold parameter names: "names" for a list, "keys" for a mapping whose
 #: keys are names (``'*'`` aside). A class may extend this with ``hookprune_param_args``.
@@ -52,25 +59,28 @@ PARAM_ARGS = {"weights": "names", "levels": "keys", "sensitivities": "keys", "th
 
 def load(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.Module,
          optimizer: torch.optim.Optimizer | None = None, *, resumed_epoch: int | None = None,
-         scheduler: CompressionScheduler | None = None) -> CompressionScheduler:
+         scheduler: CompressionScheduler | None = None,
+         teacher: torch.nn.Module | None = None) -> CompressionScheduler:
     """Build the scheduler a schedule describes and make it the active one for ``hookprune.fire``.
 
     :param schedule: a YAML file path or an already-parsed dict in Distiller's format.
     :param resumed_epoch: the last epoch a resumed run completed; LR schedulers get it as
         ``last_epoch``.
     :param scheduler: an existing scheduler to add the schedule's policies to.
+    :param teacher: the teacher model of the schedule's ``distillers`` that give no ``teacher_arch``.
     """
-    sched = build(schedule, model, optimizer, resumed_epoch=resumed_epoch, scheduler=scheduler)
+    sched = build(schedule, model, optimizer, resumed_epoch=resumed_epoch, scheduler=scheduler, teacher=teacher)
     set_active(sched)
     return sched
 
 
 def build(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.Module,
           optimizer: torch.optim.Optimizer | None = None, *, resumed_epoch: int | None = None,
-          scheduler: CompressionScheduler | None = None) -> CompressionScheduler:
+          scheduler: CompressionScheduler | None = None,
+          teacher: torch.nn.Module | None = None) -> CompressionScheduler:
     """Like :func:`load`, without making the scheduler active."""
     data, path = read_schedule(schedule)
-    return _Builder(data, path, model, optimizer, resumed_epoch).build(scheduler)
+    return _Builder(data, path, model, optimizer, resumed_epoch, teacher).build(scheduler)
 
 
 def file_config(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, filename: str,
@@ -89,12 +99,14 @@ def dict_config(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
 
 class _Builder:
     def __init__(self, data: Mapping[str, Any], path: str | None, model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer | None, resumed_epoch: int | None) -> None:
+                 optimizer: torch.optim.Optimizer | None, resumed_epoch: int | None,
+                 teacher: torch.nn.Module | None = None) -> None:
         self.data = data
         self.path = path
         self.model = model
         self.optimizer = optimizer
         self.resumed_epoch = resumed_epoch
+        self.teacher = teacher
         self.index = ParamIndex(model)
         self.declared: dict[str, tuple[str, Mapping[str, Any]]] = {}
         self.instances: dict[str, Any] = {}
@@ -125,6 +137,11 @@ class _Builder:
         for section in ("pruners", "regularizers", "quantizers", "extensions"):
             for name in self._names_in(section):
                 self.instances[name] = self._construct(section, name)
+        if self.teacher is not None and not self._names_in("distillers"):
+            raise self._with_path(where_of(data)).error(
+                "a teacher model was passed to hookprune.load, but the schedule declares no 'distillers'")
+        for name in self._names_in("distillers"):
+            self.instances[name] = self._construct_distiller(name)
         for policy in policies:
             if policy["kind"] != "lr_scheduler":
                 self._add(sched, policy)
@@ -155,8 +172,9 @@ class _Builder:
                     raise self.at_key(body, name).error(f"instance '{name}' is declared twice (also "
                                                         f"under '{first}')")
                 if not isinstance(spec, Mapping):
-                    raise self.at(body, name).error(f"{section}.{name} must be a mapping with a 'class' key")
-                if "class" not in spec:
+                    what = "of its settings" if section == "distillers" else "with a 'class' key"
+                    raise self.at(body, name).error(f"{section}.{name} must be a mapping {what}")
+                if "class" not in spec and section != "distillers":
                     raise self.at_key(body, name).error(f"{section}.{name} has no 'class' key")
                 self.declared[name] = (section, spec)
 
@@ -215,9 +233,8 @@ class _Builder:
         try:
             return cls(**kwargs)
         except ArgumentError as exc:
-            key = exc.argument.split("[")[0]
-            where = self.at(spec, key) if key in spec else self.at_key(self.data[section], name)
-            raise where.error(f"{label}: {exc}") from None
+            raise self._argument_where(spec, exc.argument, self.data[section], name).error(
+                f"{label}: {exc}") from None
         except ScheduleError:
             raise
         except (ValueError, TypeError, AssertionError, KeyError) as exc:
@@ -227,35 +244,102 @@ class _Builder:
             raise self.at_key(self.data[section], name).error(
                 f"{label}: {type(exc).__name__}: {exc}") from None
 
+    def _construct_distiller(self, name: str) -> Any:
+        """A ``distillers`` entry: :func:`hookprune.knowledge_distillation.distiller_from_schedule`'s keys."""
+        _, spec = self.declared[name]
+        label = f"distillers.{name} ({DISTILLER_CLASS})"
+        build_distiller = knowledge_distillation.distiller_from_schedule
+        hints = argtypes.hints_of(build_distiller)
+        keys = [p.name for p in inspect.signature(build_distiller).parameters.values() if p.kind == p.KEYWORD_ONLY]
+        kwargs: dict[str, Any] = {}
+        for key, value in spec.items():
+            if key == "class":
+                if value != DISTILLER_CLASS:
+                    raise self.at(spec, key).error(
+                        f"distillers.{name}: unknown class {value!r}{suggest(value, (DISTILLER_CLASS,))}; "
+                        f"'distillers' hold {DISTILLER_CLASS} instances ('class' may be left out)")
+                continue
+            if key not in keys:
+                raise self.at_key(spec, key).error(
+                    f"{label} has no argument '{key}'{suggest(key, keys)}; it takes: {', '.join(keys)}")
+            if not argtypes.matches(value, hints[key]):
+                raise self.at(spec, key).error(f"{label}: '{key}' must be {argtypes.describe(hints[key])}, "
+                                               f"got {value!r}")
+            kwargs[key] = value
+        try:
+            return build_distiller(self.model, self.teacher, **kwargs)
+        except ArgumentError as exc:
+            where = self.at(spec, exc.argument) if exc.argument in spec else self.at_key(self.data["distillers"], name)
+            raise where.error(f"{label}: {exc}") from None
+
+    def _argument_where(self, spec: Mapping[str, Any], argument: str, section: Any, name: str) -> Where:
+        """Where an ``ArgumentError`` points: the argument's value, or the entry ``argument['key']`` names."""
+        key, _, rest = argument.partition("[")
+        if key not in spec:
+            return self.at_key(section, name)
+        table = spec[key]
+        entry = rest.rstrip("]").strip("'\"") if rest else None
+        if entry is not None and isinstance(table, Mapping):
+            for original in table:
+                if original == entry or (isinstance(original, str) and self.index.resolve(original) == entry):
+                    return self._with_path(key_where_of(table, original))
+        return self.at(spec, key)
+
     def _param_names(self, spec: Mapping[str, Any], key: str, value: Any, form: str, label: str) -> Any:
-        """Check each parameter name against the model and spell it as the model does."""
+        """Check each parameter name against the model and spell it as the model does.
+
+        An entry ``re:PATTERN`` stands for every parameter whose name (with or without ``module.``)
+        fully matches the regular expression, in the model's order.
+        """
         if form == "names":
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
                 raise self.at(spec, key).error(f"{label}: '{key}' must be a list of parameter names")
-            resolved = []
+            resolved: list[str] = []
             for i, name in enumerate(items):
-                actual = self.index.resolve(name)
-                if actual is None:
-                    where = where_of(items, i) if items is value else self.at(spec, key)
-                    raise self._with_path(where).error(f"{label}: {self.index.unknown_message(name)}")
-                resolved.append(actual)
+                where = self._with_path(where_of(items, i) if items is value else self.at(spec, key))
+                for actual in self._resolve_one(name, where, label):
+                    if actual not in resolved:
+                        resolved.append(actual)
             return resolved
         if not isinstance(value, Mapping):
             raise self.at(spec, key).error(f"{label}: '{key}' must map parameter names (or '*') to values")
         return self._resolve_keys(value, f"{label}: '{key}'")
 
+    def _resolve_one(self, name: str, where: Where, label: str) -> list[str]:
+        """The model's names for one schedule entry: a parameter name or ``re:PATTERN``."""
+        if name.startswith(REGEX_PREFIX):
+            pattern = name[len(REGEX_PREFIX):]
+            try:
+                regex = re.compile(pattern)
+                matched = [n for n in self.index.params
+                           if regex.fullmatch(n) or regex.fullmatch(normalize_name(n))]
+            except re.error as exc:
+                raise where.error(f"{label}: bad regular expression {pattern!r}: {exc}") from None
+            if not matched:
+                raise where.error(f"{label}: regular expression {pattern!r} matches no parameter of the model")
+            return matched
+        actual = self.index.resolve(name)
+        if actual is None:
+            raise where.error(f"{label}: {self.index.unknown_message(name)}")
+        return [actual]
+
     def _resolve_keys(self, table: Mapping[str, Any], label: str) -> dict[str, Any]:
+        """Resolve a table's keys; explicit names win over ``re:`` keys, and earlier ``re:`` keys over later."""
         resolved: dict[str, Any] = {}
+        from_regex: dict[str, Any] = {}
         for name, item in table.items():
             if name == "*":
                 resolved[name] = item
                 continue
-            actual = self.index.resolve(name) if isinstance(name, str) else None
-            if actual is None:
-                raise self._with_path(key_where_of(table, name)).error(
-                    f"{label}: {self.index.unknown_message(str(name))}")
-            resolved[actual] = item
+            where = self._with_path(key_where_of(table, name))
+            if not isinstance(name, str):
+                raise where.error(f"{label}: {self.index.unknown_message(str(name))}")
+            target = from_regex if name.startswith(REGEX_PREFIX) else resolved
+            for actual in self._resolve_one(name, where, label):
+                target.setdefault(actual, item)
+        for actual, item in from_regex.items():
+            resolved.setdefault(actual, item)
         return resolved
 
     def _with_path(self, where: Where) -> Where:
@@ -375,7 +459,12 @@ class _Builder:
         elif kind == "regularizer" and callable(getattr(instance, "loss", None)):
             adapter = RegularizationPolicy(instance, **(args or {}))
         elif kind == "quantizer" and callable(getattr(instance, "quantize_params", None)):
-            adapter = QuantizationPolicy(instance)
+            try:
+                adapter = QuantizationPolicy(instance)
+            except ScheduleError:
+                raise
+            except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+                raise where.error(f"{label}: {exc}") from None
         elif kind == "extension" and is_distiller_policy(instance) and not plugins.has_hookimpls(instance):
             adapter = DistillerPolicyAdapter(instance)
         if adapter is not None:
@@ -393,4 +482,5 @@ _DISTILLER_METHOD = {
     "regularizer": "loss",
     "quantizer": "quantize_params",
     "extension": "on_epoch_begin and the other ScheduledTrainingPolicy methods",
+    "distiller": "forward and before_backward",
 }

@@ -306,16 +306,27 @@ class CompressionScheduler:
             "instances": instances,
             "policies": [p.state_dict() for p in self._policy_plugins()],
             "epoch": self.epoch,
+            "thinning_recipes": list(getattr(self.model, "thinning_recipes", None) or []),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], normalize_dataparallel_keys: bool = False) -> None:
         """Restore :meth:`state_dict`'s output, or a Distiller checkpoint's ``{'masks_dict': ...}``.
 
         Mask names match with or without ``module.``, so ``normalize_dataparallel_keys`` is implied.
+        Saved thinning recipes reshape the model first (those it has not been through yet), so call
+        this before ``model.load_state_dict`` and the optimizer's ``load_state_dict``.
         """
         if "masks_dict" not in state:
             raise ScheduleError("the scheduler state has no 'masks_dict': not a compression-scheduler "
                                 "state")
+        recipes = state.get("thinning_recipes")
+        if recipes:
+            from hookprune.thinning import ThinningError, apply_recipes
+
+            try:
+                apply_recipes(self.model, recipes)
+            except ThinningError as exc:
+                raise ScheduleError(f"the saved thinning recipes do not fit the model: {exc}") from None
         try:
             self.masks.load_masks(state["masks_dict"])
         except KeyError as exc:

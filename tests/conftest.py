@@ -12,6 +12,15 @@ from hookprune import models
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "distiller-schedules"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny inputs run fastest on one thread; several threads spin against each other on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def corpus() -> Path:
     if not (CORPUS / "MANIFEST.tsv").is_file():

@@ -12,13 +12,6 @@ from hookprune.errors import ScheduleError, ScheduleWarning
 from hookprune.source import read_schedule
 from tests.conftest import CORPUS
 
-# Schedules whose parameter names come from other model definitions than torchvision's current ones.
-OTHER_NAMES = {
-    "agp-pruning/prune_resnext101_fine75.yaml": "names from Cadene's pretrainedmodels ResNeXt",
-    "object_detection_compression/maskrcnn.scheduler_agp.non_parallel.yaml": "torchvision<0.13 FPN names",
-    "object_detection_compression/maskrcnn.scheduler_agp.yaml": "torchvision<0.13 FPN names",
-}
-
 
 def manifest() -> list[tuple[str, str]]:
     path = CORPUS / "MANIFEST.tsv"
@@ -48,8 +41,6 @@ def test_corpus_schedule_passes_check(schedule, arch, capsys):
     missing = missing_pieces(path, arch)
     if missing:
         pytest.skip(f"needs {', '.join(missing)}, which no installed distribution provides")
-    if schedule in OTHER_NAMES:
-        pytest.xfail(OTHER_NAMES[schedule])
     status = cli.main(["check", str(path), "--arch", arch])
     out, err = capsys.readouterr()
     assert status == 0, err

@@ -155,6 +155,12 @@ CASES = [
                  "    class: MagnitudeParameterPruner\n    thresholds:\n"
                  "      features.module.3.weight: 0.1\n"),
          6, 7, ("conv_pruner", "'thresholds'", "'*'")),
+    Case("level-out-of-range-points-at-its-entry",  # lines 4-7 become 4-8
+         variant("    class: AutomatedGradualPruner\n    initial_sparsity: 0.05\n    final_sparsity: 0.5\n"
+                 "    weights: [features.module.3.weight]\n",
+                 "    class: SparsityLevelParameterPruner\n    levels:\n      features.module.0.weight: 0.5\n"
+                 "      features.module.3.weight: 1.5\n"),
+         7, 7, ("conv_pruner", "levels['features.3.weight']", "1.5")),
     Case("lr-scheduler-unknown-kwarg",
          variant("    gamma: 0.9", "    gama: 0.9"),
          11, 5, ("pruning_lr", "ExponentialLR", "'gama'", "'gamma'")),
