@@ -45,6 +45,10 @@ POLICY_KINDS = {kind: section for section, kind in SECTIONS.items()}
 TOP_LEVEL_KEYS = ("version", *SECTIONS, "policies")
 WINDOW_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
 INJECTED = ("name", "model", "optimizer")
+#: constructor arguments that name files; a relative path that is not found from the working directory
+#: is looked up from the schedule's folder and then each folder above it (Distiller's schedules give
+#: paths relative to the examples tree they were run from)
+PATH_ARGS = ("model_activation_stats", "teacher_checkpoint")
 #: a parameter-name entry starting with this is a regular expression over the model's names
 REGEX_PREFIX = "re:"
 
@@ -210,6 +214,8 @@ class _Builder:
                                                f"got {value!r}")
             if key in param_args:
                 value = self._param_names(spec, key, value, param_args[key], label)
+            if key in PATH_ARGS:
+                value = self._find_file(value)
             kwargs[key] = value
         extra = {"name": name, "model": self.model}
         if section in ("quantizers", "lr_schedulers"):
@@ -265,12 +271,27 @@ class _Builder:
             if not argtypes.matches(value, hints[key]):
                 raise self.at(spec, key).error(f"{label}: '{key}' must be {argtypes.describe(hints[key])}, "
                                                f"got {value!r}")
-            kwargs[key] = value
+            kwargs[key] = self._find_file(value) if key in PATH_ARGS else value
         try:
             return build_distiller(self.model, self.teacher, **kwargs)
         except ArgumentError as exc:
             where = self.at(spec, exc.argument) if exc.argument in spec else self.at_key(self.data["distillers"], name)
             raise where.error(f"{label}: {exc}") from None
+
+    def _find_file(self, value: Any) -> Any:
+        """``value`` as given when it exists or is not a relative path; otherwise the first existing
+        path below the schedule's folder or one of its ancestors (unchanged when there is none)."""
+        if not isinstance(value, str) or os.path.isabs(value) or os.path.exists(value) or self.path is None:
+            return value
+        folder = os.path.dirname(os.path.abspath(self.path))
+        while True:
+            candidate = os.path.normpath(os.path.join(folder, value))
+            if os.path.exists(candidate):
+                return candidate
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return value
+            folder = parent
 
     def _argument_where(self, spec: Mapping[str, Any], argument: str, section: Any, name: str) -> Where:
         """Where an ``ArgumentError`` points: the argument's value, or the entry ``argument['key']`` names."""

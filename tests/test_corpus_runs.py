@@ -20,8 +20,6 @@ from hookprune.pruning.level import SparsityLevelParameterPruner
 from tests.conftest import CORPUS
 from tests.test_corpus import manifest, missing_pieces
 
-pytestmark = pytest.mark.slow
-
 DETECTION = ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet")
 
 
@@ -125,8 +123,23 @@ def kept(mask: torch.Tensor, dim: int | None) -> int:
     return int(mask.any(dim=other).sum())
 
 
-CASES = manifest() or [pytest.param("-", "-", marks=pytest.mark.skip(
-    reason=f"the Distiller schedule corpus is not at {CORPUS}"))]
+#: Models above this many parameters spend most of a step in the optimizer and weight gradients;
+#: their schedules (hundreds of ImageNet-scale epochs) run in the slow tier.
+SLOW_PARAMETERS = 10_000_000
+
+
+def cases() -> list[Any]:
+    found = []
+    for schedule, arch in manifest():
+        size = sum(p.numel() for p in models.create_model(arch, device="meta").parameters()) \
+            if arch in models.architectures() else 0
+        marks = [pytest.mark.slow] if size > SLOW_PARAMETERS else []
+        found.append(pytest.param(schedule, arch, marks=marks, id=f"{schedule}-{arch}"))
+    return found or [pytest.param("-", "-", marks=pytest.mark.skip(
+        reason=f"the Distiller schedule corpus is not at {CORPUS}"))]
+
+
+CASES = cases()
 
 
 @pytest.mark.parametrize(("schedule", "arch"), CASES)

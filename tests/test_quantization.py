@@ -420,10 +420,13 @@ def test_corpus_post_training_configs_build_without_their_stats_file(corpus, mon
     model = models.create_model("resnet18", device="meta")
     for name in ("resnet18_imagenet_post_train.yaml", "resnet18_imagenet_post_train_lapq.yaml",
                  "resnet18_imagenet_post_train_input_overrides.yaml"):
-        quantizer = hookprune.build(corpus / "quantization/post_train_quant" / name, model).instances[
-            "post_train_quantizer"]
+        copy = tmp_path / name
+        copy.write_text((corpus / "quantization/post_train_quant" / name).read_text())
+        quantizer = hookprune.build(copy, model).instances["post_train_quantizer"]
         assert isinstance(quantizer, PostTrainLinearQuantizer)
         assert quantizer.missing_stats_path == "../quantization/post_train_quant/stats/resnet18_quant_stats.yaml"
+        with pytest.raises(ValueError, match=r"resnet18_quant_stats\.yaml' does not exist; produce it with"):
+            quantizer.prepare_model()
     lapq = quantizer if name.endswith("lapq.yaml") else hookprune.build(
         corpus / "quantization/post_train_quant/resnet18_imagenet_post_train_lapq.yaml", model).instances[
         "post_train_quantizer"]
@@ -432,6 +435,29 @@ def test_corpus_post_training_configs_build_without_their_stats_file(corpus, mon
     assert bits["layer4.1.conv2"].wts is None and bits["layer2.0.downsample.0"].wts == 4
     assert lapq.layers["layer1.0.relu"].quantize_inputs is False
     assert lapq.layers["layer1.0.relu"].out.num_bits == 4
+
+
+@pytest.mark.parametrize("name", ["resnet18_imagenet_post_train.yaml", "resnet18_imagenet_post_train_lapq.yaml",
+                                  "resnet18_imagenet_post_train_input_overrides.yaml"])
+def test_corpus_post_training_configs_apply_with_the_corpus_stats(corpus, name):
+    torch.manual_seed(0)
+    model = models.create_model("resnet18").eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+    quantizer = hookprune.build(corpus / "quantization/post_train_quant" / name, model).instances[
+        "post_train_quantizer"]
+    assert quantizer.missing_stats_path is None
+    quantizer.prepare_model()
+    with torch.no_grad():
+        quantized = model(x)
+    assert torch.isfinite(quantized).all()
+    assert not torch.equal(quantized, reference)
+    quantized_params = quantizer.quantized_params()
+    assert quantized_params
+    bits = 8 if "overrides" in name else 6
+    for weight in quantized_params.values():
+        assert max(channel.unique().numel() for channel in weight) <= 2 ** bits
 
 
 def test_quantized_input_overrides_follow_distillers_rules():

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.agp import agp_target
-from hookprune.pruning.base import ArgumentError, check_fraction
+from hookprune.pruning.agp import AGPLevels
+from hookprune.pruning.base import ArgumentError, ForwardPassHooks, PolicyLevels, check_fraction, check_weights
 from hookprune.pruning.structures import check_group_type, count_to_prune, expand_structure_mask, prune_lowest
 
 #: Layers whose ``weight`` holds one filter per output channel.
@@ -94,7 +94,7 @@ class ChannelStats:
         return cls(None if total is None else total.clone(), int(state.get("count", 0)))
 
 
-class ActivationRankedFilterPruner(abc.ABC):
+class ActivationRankedFilterPruner(ForwardPassHooks, abc.ABC):
     """Shared machinery: forward hooks, statistics and ranking of filters by activations.
 
     When masks are computed: at the start of every epoch of the policy (and whenever the policy's
@@ -124,9 +124,7 @@ class ActivationRankedFilterPruner(abc.ABC):
                  group_dependency: str | None = None) -> None:
         self.name = name
         self.group_type = check_group_type(group_type, ("Filters",))
-        if not weights:
-            raise ArgumentError("weights", "'weights' must list at least one parameter")
-        self.params_names = [weights] if isinstance(weights, str) else list(weights)
+        self.params_names = check_weights(weights)
         if group_dependency is not None and not (isinstance(group_dependency, str)
                                                  and group_dependency.lower() == "leader"):
             raise ArgumentError("group_dependency", f"'group_dependency' must be Leader (or left out), "
@@ -244,19 +242,9 @@ class ActivationRankedFilterPruner(abc.ABC):
         self._install(model)
 
     @hookimpl
-    def before_backward(self) -> None:
-        """The forward pass is done: stop measuring."""
-        self._finish_forward()
-
-    @hookimpl
-    def on_minibatch_end(self) -> None:
-        """Stop measuring, for loops that skip ``before_backward``."""
-        self._finish_forward()
-
-    @hookimpl
     def on_epoch_end(self, scheduler: Any) -> None:
         """This epoch's statistics become the ranking for the next pruning epoch."""
-        self._finish_forward()
+        self.end_forward()
         for param_name, stats in self.collecting.items():
             if stats.count:
                 self.ranking[param_name] = stats
@@ -296,7 +284,8 @@ class ActivationRankedFilterPruner(abc.ABC):
         self._probe_sums.clear()
         self._paired.clear()
 
-    def _finish_forward(self) -> None:
+    def end_forward(self) -> None:
+        """Record the probed statistics of the forward pass just done, then remove the hooks."""
         if not self._handles:
             return
         for param_name, sums in self._probe_sums.items():
@@ -364,58 +353,27 @@ class ActivationRankedFilterPruner(abc.ABC):
         self.deferred = {name: float(f) for name, f in state.get("deferred", {}).items()}
 
 
-class _FixedFraction(ActivationRankedFilterPruner):
+class _FixedFraction(PolicyLevels, ActivationRankedFilterPruner):
     def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
                  model: nn.Module, group_dependency: str | None = None) -> None:
         super().__init__(name, group_type, weights, model, group_dependency)
         self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
         self._levels: dict[str, float] | None = None
 
-    @property
-    def levels(self) -> dict[str, float] | None:
-        """A pruner policy's per-parameter levels (``'*'``: every other listed weight), or None."""
-        return self._levels
-
-    @levels.setter
-    def levels(self, levels: dict[str, float] | None) -> None:
-        self._levels = None if levels is None else dict(levels)
-
     def target_sparsity(self, param_name: str, meta: Mapping[str, Any]) -> float:
         """``desired_sparsity``, or the policy's level for ``param_name`` when it gives ``levels``."""
-        levels = self._levels or {}
-        return levels.get(param_name, levels.get("*", self.desired_sparsity))
+        return self.policy_level(param_name)
 
 
-class _GradualFraction(ActivationRankedFilterPruner):
+class _GradualFraction(AGPLevels, ActivationRankedFilterPruner):
     def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
                  weights: list[str] | str, model: nn.Module, group_dependency: str | None = None) -> None:
         super().__init__(name, group_type, weights, model, group_dependency)
-        self.initial_sparsity = check_fraction("initial_sparsity", initial_sparsity)
-        self.final_sparsity = check_fraction("final_sparsity", final_sparsity)
-        if self.final_sparsity <= self.initial_sparsity:
-            raise ArgumentError("final_sparsity", f"'final_sparsity' ({final_sparsity}) must be greater than "
-                                f"'initial_sparsity' ({initial_sparsity})")
-
-    @property
-    def levels(self) -> dict[str, float] | None:
-        """Always None: the level follows the AGP schedule."""
-        return None
-
-    @levels.setter
-    def levels(self, levels: dict[str, float] | None) -> None:
-        if levels is not None:
-            raise ValueError(f"{type(self).__name__} takes its level from the AGP schedule "
-                             "(initial_sparsity, final_sparsity); a policy's 'levels' does not apply")
-
-    def check_policy(self, starting_epoch: int, ending_epoch: int, frequency: int | None) -> None:
-        """Refuse a window too short for the AGP schedule."""
-        agp_target(self.initial_sparsity, self.final_sparsity, starting_epoch, ending_epoch, frequency or 1,
-                   starting_epoch)
+        self._init_agp(initial_sparsity, final_sparsity)
 
     def target_sparsity(self, param_name: str, meta: Mapping[str, Any]) -> float:
         """Distiller's AGP fraction of filters for the current epoch."""
-        return agp_target(self.initial_sparsity, self.final_sparsity, meta["starting_epoch"], meta["ending_epoch"],
-                          meta["frequency"] or 1, meta["current_epoch"])
+        return self.compute_target_sparsity(meta)
 
 
 class ActivationAPoZRankedFilterPruner(_FixedFraction):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.base import ArgumentError, check_number
+from hookprune.pruning.base import ArgumentError, check_number, check_weights
 from hookprune.selection import threshold_keep_mask
 
 Granularity = Literal["epoch", "minibatch"]
@@ -62,9 +62,7 @@ class BaiduRNNPruner:
                                 f"got {ramp_epoch_offset!r}")
         self.ramp_epoch_offset = ramp_epoch_offset
         self.ramp_slope_mult = check_number("ramp_slope_mult", ramp_slope_mult)
-        if not weights:
-            raise ArgumentError("weights", "'weights' must list at least one parameter")
-        self.params_names = [weights] if isinstance(weights, str) else list(weights)
+        self.params_names = check_weights(weights)
         if ramp_granularity not in ("epoch", "minibatch"):
             raise ArgumentError("ramp_granularity", f"'ramp_granularity' must be 'epoch' or 'minibatch', "
                                 f"got {ramp_granularity!r}")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.base import ArgumentError, check_fraction
+from hookprune.pruning.base import ArgumentError, ForwardPassHooks, PolicyLevels, check_fraction, check_weights
 from hookprune.pruning.structures import (
     check_group_type,
     check_rounding_fn,
@@ -81,7 +81,7 @@ def reconstruct(inputs: torch.Tensor, weight: torch.Tensor, keep_columns: torch.
     return w[:, keep] + delta.T
 
 
-class FMReconstructionChannelPruner:
+class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
     """Prune ``desired_sparsity`` of each listed layer's input channels by L1 magnitude and re-fit
     the remaining weights by least squares on sampled input feature maps (He et al. 2017, Distiller's
     AMC channel pruner), for ``Conv2d`` (``groups: 1``, zero padding) and ``Linear`` layers.
@@ -109,9 +109,7 @@ class FMReconstructionChannelPruner:
         self.name = name
         self.group_type = check_group_type(group_type, ("Channels",))
         self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
-        if not weights:
-            raise ArgumentError("weights", "'weights' must list at least one parameter")
-        self.params_names = [weights] if isinstance(weights, str) else list(weights)
+        self.params_names = check_weights(weights)
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise ArgumentError("group_size", f"'group_size' must be a positive integer, got {group_size!r}")
         self.group_size = group_size
@@ -161,19 +159,9 @@ class FMReconstructionChannelPruner:
 
     # -- configuration ----------------------------------------------------------------------------
 
-    @property
-    def levels(self) -> dict[str, float] | None:
-        """A pruner policy's per-parameter levels (``'*'``: every other listed weight), or None."""
-        return self._levels
-
-    @levels.setter
-    def levels(self, levels: dict[str, float] | None) -> None:
-        self._levels = None if levels is None else dict(levels)
-
     def fraction_to_prune(self, param_name: str) -> float:
         """``desired_sparsity``, or the policy's level for ``param_name`` when it gives ``levels``."""
-        levels = self._levels or {}
-        return levels.get(param_name, levels.get("*", self.desired_sparsity))
+        return self.policy_level(param_name)
 
     def inputs_per_output(self, param_name: str) -> int:
         """How many weights feed one output of the layer: the sample rows a determined fit needs."""
@@ -244,16 +232,6 @@ class FMReconstructionChannelPruner:
                 self._handles.append(modules[self._layers[param_name]].register_forward_hook(hook))
 
     @hookimpl
-    def before_backward(self) -> None:
-        """The forward pass is done: stop sampling."""
-        self.remove_hooks()
-
-    @hookimpl
-    def on_minibatch_end(self) -> None:
-        """Stop sampling, for loops that skip ``before_backward``."""
-        self.remove_hooks()
-
-    @hookimpl
     def on_epoch_end(self, scheduler: Any) -> None:
         """Prune what is still waiting, with the samples collected in the epoch."""
         self.remove_hooks()
@@ -265,6 +243,10 @@ class FMReconstructionChannelPruner:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def end_forward(self) -> None:
+        """Stop sampling once a forward pass is done."""
+        self.remove_hooks()
 
     def _sample(self, param_name: str, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if not args:

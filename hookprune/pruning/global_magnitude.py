@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from hookprune.params import ParamIndex
-from hookprune.pruning.agp import agp_target
-from hookprune.pruning.base import ArgumentError, check_fraction
+from hookprune.pruning.agp import AGPSchedule
+from hookprune.pruning.base import check_fraction, check_weights
 from hookprune.selection import global_keep_masks
 
 
@@ -30,9 +30,7 @@ class _GlobalPruner(ABC):
 
     def __init__(self, name: str, weights: list[str] | str) -> None:
         self.name = name
-        if not weights:
-            raise ArgumentError("weights", "'weights' must list at least one parameter")
-        self.params_names = [weights] if isinstance(weights, str) else list(weights)
+        self.params_names = check_weights(weights)
         self._masks: dict[str, torch.Tensor] = {}
         self._served: set[str] = set()
 
@@ -77,7 +75,7 @@ class GlobalMagnitudePruner(_GlobalPruner):
         return self.sparsity
 
 
-class GlobalAutomatedGradualPruner(_GlobalPruner):
+class GlobalAutomatedGradualPruner(AGPSchedule, _GlobalPruner):
     """Global magnitude pruning whose sparsity follows the AGP cubic schedule (Zhu & Gupta) from
     ``initial_sparsity`` to ``final_sparsity`` over the policy's epochs, exactly as
     AutomatedGradualPruner computes it per layer."""
@@ -85,18 +83,4 @@ class GlobalAutomatedGradualPruner(_GlobalPruner):
     def __init__(self, name: str, initial_sparsity: float, final_sparsity: float,
                  weights: list[str] | str) -> None:
         super().__init__(name, weights)
-        self.initial_sparsity = check_fraction("initial_sparsity", initial_sparsity)
-        self.final_sparsity = check_fraction("final_sparsity", final_sparsity)
-        if self.final_sparsity <= self.initial_sparsity:
-            raise ArgumentError("final_sparsity", f"'final_sparsity' ({final_sparsity}) must be greater "
-                                f"than 'initial_sparsity' ({initial_sparsity})")
-
-    def check_policy(self, starting_epoch: int, ending_epoch: int, frequency: int | None) -> None:
-        """Refuse a window too short for the schedule (at least two pruning epochs)."""
-        agp_target(self.initial_sparsity, self.final_sparsity, starting_epoch, ending_epoch,
-                   frequency or 1, starting_epoch)
-
-    def compute_target_sparsity(self, meta: dict[str, Any]) -> float:
-        """The AGP target for ``meta['current_epoch']`` within the policy's window."""
-        return agp_target(self.initial_sparsity, self.final_sparsity, meta["starting_epoch"],
-                          meta["ending_epoch"], meta["frequency"] or 1, meta["current_epoch"])
+        self._init_agp(initial_sparsity, final_sparsity)

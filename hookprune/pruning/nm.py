@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hookprune.pruning.base import ArgumentError
+from hookprune.pruning.base import ArgumentError, check_weights
 
 
 def _check_positive_int(argument: str, value: Any) -> int:
@@ -55,9 +55,7 @@ class NMSparsityPruner:
         self.n = _check_positive_int("n", n)
         if self.n >= self.m:
             raise ArgumentError("n", f"'n' ({n}) must be smaller than 'm' ({m}): N of every M weights are kept")
-        if not weights:
-            raise ArgumentError("weights", "'weights' must list at least one parameter")
-        self.params_names = [weights] if isinstance(weights, str) else list(weights)
+        self.params_names = check_weights(weights)
 
     def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
                        meta: dict[str, Any]) -> None:

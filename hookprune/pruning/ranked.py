@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from hookprune.pruning.agp import agp_target
-from hookprune.pruning.base import ArgumentError, check_fraction
+from hookprune.pruning.agp import AGPLevels
+from hookprune.pruning.base import ArgumentError, OwnLevel, PolicyLevels, check_fraction
 from hookprune.pruning.structures import (
     STRUCTURE_NOUNS,
     check_block_shape,
@@ -89,7 +89,7 @@ def _check_block_args(group_type: str, kwargs: Any, block_shape: Any) -> tuple[i
     return check_block_shape(block_shape)
 
 
-class _RankedStructurePruner:
+class _RankedStructurePruner(PolicyLevels):
     """What every ranked pruner shares: which weights, which structures, the exact count, the
     Leader dependency, policy ``levels``, and the checkpointed random generator."""
 
@@ -125,15 +125,6 @@ class _RankedStructurePruner:
             self._check_model(model)
 
     # -- configuration --------------------------------------------------------------------------
-
-    @property
-    def levels(self) -> dict[str, float] | None:
-        """A pruner policy's per-parameter levels (``'*'``: every other listed weight), or None."""
-        return self._levels
-
-    @levels.setter
-    def levels(self, levels: dict[str, float] | None) -> None:
-        self._levels = None if levels is None else dict(levels)
 
     def leader(self) -> str:
         """The weight whose ranking decides for all listed weights under ``group_dependency: Leader``."""
@@ -173,13 +164,7 @@ class _RankedStructurePruner:
 
     def fraction_to_prune(self, param_name: str, meta: dict[str, Any] | None) -> float:
         """The fraction of ``param_name``'s structures to prune now."""
-        levels = self._levels
-        if levels:
-            if param_name in levels:
-                return levels[param_name]
-            if "*" in levels:
-                return levels["*"]
-        return self.desired_sparsity
+        return self.policy_level(param_name)
 
     def keep_map(self, param: torch.Tensor, param_name: str, fraction: float) -> torch.Tensor | None:
         """Keep-map over groups of structures for ``fraction`` (None when nothing is to be pruned)."""
@@ -233,39 +218,8 @@ class _RankedStructurePruner:
             self.generator.set_state(state["generator"])
 
 
-class _AGPLevels:
+class _AGPLevels(AGPLevels):
     """The ``_AGP`` variants' level: Zhu & Gupta's cubic schedule over the policy's epochs."""
-
-    initial_sparsity: float
-    final_sparsity: float
-
-    def _init_agp(self, initial_sparsity: float, final_sparsity: float) -> None:
-        self.initial_sparsity = check_fraction("initial_sparsity", initial_sparsity)
-        self.final_sparsity = check_fraction("final_sparsity", final_sparsity)
-        if self.final_sparsity <= self.initial_sparsity:
-            raise ArgumentError("final_sparsity", f"'final_sparsity' ({final_sparsity}) must be greater "
-                                f"than 'initial_sparsity' ({initial_sparsity})")
-
-    @property
-    def levels(self) -> dict[str, float] | None:
-        """Always None: the level follows the AGP schedule."""
-        return None
-
-    @levels.setter
-    def levels(self, levels: dict[str, float] | None) -> None:
-        if levels is not None:
-            raise ValueError(f"{type(self).__name__} takes its level from the AGP schedule "
-                             "(initial_sparsity, final_sparsity); a policy's 'levels' does not apply")
-
-    def check_policy(self, starting_epoch: int, ending_epoch: int, frequency: int | None) -> None:
-        """Refuse a window too short for the schedule (Distiller asserted ``span > 0`` mid-training)."""
-        agp_target(self.initial_sparsity, self.final_sparsity, starting_epoch, ending_epoch,
-                   frequency or 1, starting_epoch)
-
-    def compute_target_sparsity(self, meta: dict[str, Any]) -> float:
-        """The AGP level at ``meta['current_epoch']``."""
-        return agp_target(self.initial_sparsity, self.final_sparsity, meta["starting_epoch"],
-                          meta["ending_epoch"], meta["frequency"] or 1, meta["current_epoch"])
 
     def fraction_to_prune(self, param_name: str, meta: dict[str, Any] | None) -> float:
         """The AGP target for the current epoch, the same for every listed weight."""
@@ -351,9 +305,11 @@ class L2RankedStructureParameterPruner_AGP(_LpRankedAGPPruner):
     p = 2
 
 
-class RandomLevelStructureParameterPruner(L1RankedStructureParameterPruner):
+class RandomLevelStructureParameterPruner(OwnLevel, L1RankedStructureParameterPruner):
     """L1-ranked structure pruning at a level drawn uniformly from ``sparsity_range`` [lo, hi] each
     time masks are set (per weight; once per round for a Leader group): DropFilter by magnitude."""
+
+    level_source = "draws its level from 'sparsity_range'"
 
     def __init__(self, name: str, group_type: str, sparsity_range: list[float], weights: list[str] | str,
                  group_dependency: str | None = None, kwargs: dict[str, Any] | None = None,
@@ -369,17 +325,6 @@ class RandomLevelStructureParameterPruner(L1RankedStructureParameterPruner):
         self.sparsity_range = (low, high)
         super().__init__(name, group_type, 0.0, weights, group_dependency, kwargs, block_shape=block_shape,
                          seed=seed, model=model)
-
-    @property
-    def levels(self) -> dict[str, float] | None:
-        """Always None: the level is drawn from ``sparsity_range``."""
-        return None
-
-    @levels.setter
-    def levels(self, levels: dict[str, float] | None) -> None:
-        if levels is not None:
-            raise ValueError("RandomLevelStructureParameterPruner draws its level from 'sparsity_range'; "
-                             "a policy's 'levels' does not apply")
 
     def fraction_to_prune(self, param_name: str, meta: dict[str, Any] | None) -> float:
         """A level drawn uniformly from ``sparsity_range`` with the pruner's generator."""
@@ -398,6 +343,26 @@ class _FilterPruner(_RankedStructurePruner):
     def __init__(self, name: str, group_type: str, weights: list[str] | str, group_dependency: str | None = None,
                  seed: int | None = None, model: torch.nn.Module | None = None) -> None:
         super().__init__(name, group_type, weights, group_dependency, seed=seed, model=model)
+
+
+class _LevelFilterPruner(_FilterPruner):
+    """A filter pruner at a fixed ``desired_sparsity`` (or the policy's ``levels``)."""
+
+    def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
+                 group_dependency: str | None = None, seed: int | None = None,
+                 model: torch.nn.Module | None = None) -> None:
+        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
+        super().__init__(name, group_type, weights, group_dependency, seed, model)
+
+
+class _AGPFilterPruner(_AGPLevels, _FilterPruner):
+    """A filter pruner whose level follows the AGP schedule."""
+
+    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
+                 weights: list[str] | str, group_dependency: str | None = None, seed: int | None = None,
+                 model: torch.nn.Module | None = None) -> None:
+        self._init_agp(initial_sparsity, final_sparsity)
+        super().__init__(name, group_type, weights, group_dependency, seed, model)
 
 
 class _GradientRanking:
@@ -444,69 +409,33 @@ class _BernoulliDraw:
                 return keep
 
 
-class GradientRankedFilterPruner(_GradientRanking, _FilterPruner):
+class GradientRankedFilterPruner(_GradientRanking, _LevelFilterPruner):
     """Prune exactly the ``desired_sparsity`` fraction of filters with the lowest sum of weight *
     gradient. Needs the gradient of a backward pass, so its policy must start after one."""
 
-    def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
-                 group_dependency: str | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
 
-
-class GradientRankedFilterPruner_AGP(_AGPLevels, _GradientRanking, _FilterPruner):
+class GradientRankedFilterPruner_AGP(_GradientRanking, _AGPFilterPruner):
     """:class:`GradientRankedFilterPruner` with the AGP schedule from ``initial_sparsity`` to ``final_sparsity``."""
 
-    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
-                 weights: list[str] | str, group_dependency: str | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        self._init_agp(initial_sparsity, final_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
 
-
-class RandomRankedFilterPruner(_RandomRanking, _FilterPruner):
+class RandomRankedFilterPruner(_RandomRanking, _LevelFilterPruner):
     """Prune exactly the ``desired_sparsity`` fraction of filters, chosen uniformly at random each
     time masks are set (a baseline for the rankings)."""
 
-    def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
-                 group_dependency: str | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
 
-
-class RandomRankedFilterPruner_AGP(_AGPLevels, _RandomRanking, _FilterPruner):
+class RandomRankedFilterPruner_AGP(_RandomRanking, _AGPFilterPruner):
     """:class:`RandomRankedFilterPruner` with the AGP schedule from ``initial_sparsity`` to ``final_sparsity``."""
 
-    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
-                 weights: list[str] | str, group_dependency: str | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        self._init_agp(initial_sparsity, final_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
 
-
-class BernoulliFilterPruner(_BernoulliDraw, _FilterPruner):
+class BernoulliFilterPruner(_BernoulliDraw, _LevelFilterPruner):
     """Distiller's DropFilter: each filter is dropped independently with probability
     ``desired_sparsity``, drawn afresh every time masks are set, so the count varies around the
     target; a draw that would drop every filter of a layer is drawn again. Masks stay boolean:
     the kept filters are not rescaled."""
 
-    def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
-                 group_dependency: str | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
 
-
-class BernoulliFilterPruner_AGP(_AGPLevels, _BernoulliDraw, _FilterPruner):
+class BernoulliFilterPruner_AGP(_BernoulliDraw, _AGPFilterPruner):
     """:class:`BernoulliFilterPruner` whose drop probability follows the AGP schedule."""
-
-    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
-                 weights: list[str] | str, group_dependency: str | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        self._init_agp(initial_sparsity, final_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
 
 
 # -- thresholding -----------------------------------------------------------------------------------------

@@ -68,14 +68,18 @@ class GroupLassoRegularizer:
         self.reg_regims = _check_regims(reg_regims, model, type(self).__name__, self.group_types, self.min_channels)
         self.threshold_criteria = check_threshold_criteria(threshold_criteria)
 
+    def penalty(self, param: torch.Tensor, strength: float, group_type: str) -> torch.Tensor:
+        """This parameter's group-lasso term: ``strength`` times the sum of its groups' L2 norms."""
+        return group_lasso(param, group_type) * strength
+
     def loss(self, param: torch.Tensor, param_name: str, regularizer_loss: torch.Tensor,
              zeros_mask_dict: Any) -> torch.Tensor:
-        """Add this parameter's group-lasso term to ``regularizer_loss`` in place and return it."""
+        """Add this parameter's :meth:`penalty` to ``regularizer_loss`` in place and return it."""
         regim = self.reg_regims.get(param_name)
         if regim is not None:
             strength, group_type = regim
             check_shape(group_type, param, param_name)
-            regularizer_loss += group_lasso(param, group_type) * strength
+            regularizer_loss += self.penalty(param, strength, group_type)
         return regularizer_loss
 
     def threshold(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any) -> None:
@@ -106,12 +110,6 @@ class GroupVarianceRegularizer(GroupLassoRegularizer):
     def __init__(self, name: str, model: torch.nn.Module | None, reg_regims: dict[str, list[float | str]]) -> None:
         super().__init__(name, model, reg_regims)
 
-    def loss(self, param: torch.Tensor, param_name: str, regularizer_loss: torch.Tensor,
-             zeros_mask_dict: Any) -> torch.Tensor:
-        """Add ``strength / var(channel norms)`` to ``regularizer_loss`` in place and return it."""
-        regim = self.reg_regims.get(param_name)
-        if regim is not None:
-            strength, group_type = regim
-            check_shape(group_type, param, param_name)
-            regularizer_loss += strength / channel_norms(param).var()
-        return regularizer_loss
+    def penalty(self, param: torch.Tensor, strength: float, group_type: str) -> torch.Tensor:
+        """``strength / var(channel norms)`` of this Conv2d weight."""
+        return strength / channel_norms(param).var()
