@@ -623,7 +623,6 @@ def missing_for_resnet20_filters() -> list[str]:
     return missing
 
 
-@pytest.mark.slow
 def test_resnet20_filters_schedule_prunes_thins_and_keeps_the_outputs(corpus):
     missing = missing_for_resnet20_filters()
     if missing:
