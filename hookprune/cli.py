@@ -41,7 +41,8 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     epochs = sorted(sched.policies)
     span = f"epochs {epochs[0]}..{epochs[-1]}" if epochs else "no policies"
-    print(f"{args.schedule}: ok ({len(sched.instances)} instances, {span}, arch {args.arch})")
+    count = len(sched.instances)
+    print(f"{args.schedule}: ok ({count} instance{'' if count == 1 else 's'}, {span}, arch {args.arch})")
     return 0
 
 
@@ -83,7 +84,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # the reader (``| head``) went away: stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -103,3 +103,15 @@ def test_lr_scheduler_without_optimizer_is_a_schedule_error(lenet):
                 "policies": [{"lr_scheduler": {"instance_name": "decay"}, "starting_epoch": 0, "ending_epoch": 4}]}
     with pytest.raises(hookprune.ScheduleError, match=r"needs the optimizer: pass it to hookprune\.load"):
         hookprune.load(schedule, lenet)
+
+
+def test_plugins_listing_into_a_closed_pipe_ends_quietly():
+    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    writer = subprocess.run([sys.executable, "-m", "hookprune", "plugins"], stdout=reader.stdin,
+                            stderr=subprocess.PIPE, text=True, check=False)
+    reader.stdin.close()
+    first = reader.stdout.read().decode()
+    reader.stdout.close()
+    reader.wait()
+    assert first.startswith("Schedule classes")
+    assert writer.returncode == 0 and "Traceback" not in writer.stderr
