@@ -17,6 +17,7 @@ from hookprune.pruning.agp import agp_target
 from hookprune.pruning.baidu_rnn import BaiduRNNPruner, baidu_threshold
 from hookprune.pruning.splicing import SplicingPruner
 from hookprune.pruning.structures import count_to_prune
+from tests.loops import run
 
 # -- models and a loop ------------------------------------------------------------------------------
 
@@ -70,26 +71,6 @@ def image_batches(n: int, seed: int = 0, batch: int = 4) -> list[tuple[torch.Ten
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, 3, 6, 6, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
             for _ in range(n)]
-
-
-def run(sched, model, optimizer, data, epochs, start_epoch=0, loss_fn=None, spy=None):
-    """Fire every event of ``epochs`` epochs over ``data``; ``spy(epoch, minibatch_id)`` runs before
-    each forward pass."""
-    loss_fn = loss_fn or (lambda out, y: nn.functional.cross_entropy(out, y))
-    for epoch in range(start_epoch, epochs):
-        sched.fire("on_epoch_begin", epoch=epoch)
-        for i, (x, y) in enumerate(data):
-            step = dict(epoch=epoch, minibatch_id=i, minibatches_per_epoch=len(data))
-            sched.fire("on_minibatch_begin", **step)
-            if spy is not None:
-                spy(epoch, i)
-            loss = sched.fire("before_backward", **step, loss=loss_fn(model(x), y))
-            optimizer.zero_grad()
-            loss.backward()
-            sched.fire("before_optimizer_step", **step)
-            optimizer.step()
-            sched.fire("on_minibatch_end", **step)
-        sched.fire("on_epoch_end", epoch=epoch)
 
 
 def pruner_schedule(cls: str, policy: dict, **kwargs) -> dict:

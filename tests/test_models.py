@@ -16,6 +16,7 @@ from hookprune import cli, models
 from hookprune.errors import ScheduleError, ScheduleWarning
 from hookprune.params import LEGACY_RULES, LegacyRule, ParamIndex
 from tests.conftest import CORPUS
+from tests.test_corpus import manifest
 
 #: small constructor arguments where the defaults make a needlessly big model for a CPU test
 SMALL = {"alexnet_bn": {"num_classes": 7}, "word_lm": {"num_classes": 50}}
@@ -376,18 +377,10 @@ def test_legacy_names_in_a_schedule_reach_the_pruner_in_the_models_spelling(tmp_
 # The corpus ----------------------------------------------------------------------------------------
 
 
-def corpus_rows() -> list[tuple[str, str]]:
-    path = CORPUS / "MANIFEST.tsv"
-    if not path.is_file():
-        return []
-    rows = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
-    return [(schedule, arch.strip()) for schedule, arch in rows]
-
-
 PARAMETER = re.compile(r"[A-Za-z_]\w*(?:\.\w+)*\.(?:weight|bias)\w*")
 
 
-@pytest.mark.parametrize(("schedule", "arch"), corpus_rows() or [pytest.param("-", "-", marks=pytest.mark.skip(
+@pytest.mark.parametrize(("schedule", "arch"), manifest() or [pytest.param("-", "-", marks=pytest.mark.skip(
     reason=f"the Distiller schedule corpus is not at {CORPUS}"))])
 def test_every_parameter_the_corpus_names_exists_in_its_architecture(schedule, arch):
     text = "\n".join(line.split("#")[0] for line in (CORPUS / schedule).read_text().splitlines())
