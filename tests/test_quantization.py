@@ -482,3 +482,27 @@ def test_quantized_input_overrides_follow_distillers_rules():
     conflict.prepare_model()
     with pytest.raises(RuntimeError, match=r"input 0 of '1' is already quantized by the module before it"):
         conflict.model(x)
+
+
+def test_qat_trains_a_model_that_calls_one_relu_twice_per_forward():
+    """torchvision's ResNet blocks reuse one ReLU module; its range quantizer runs twice per pass."""
+    torch.manual_seed(0)
+    model = models.create_model("resnet18", num_classes=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    schedule = {"quantizers": {"q": {"class": "QuantAwareTrainRangeLinearQuantizer", "bits_activations": 8,
+                                     "bits_weights": 8, "mode": "ASYMMETRIC_UNSIGNED"}},
+                "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0, "ending_epoch": 2}]}
+    sched = hookprune.load(schedule, model, optimizer)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    for epoch in range(2):
+        step = {"epoch": epoch, "minibatch_id": 0, "minibatches_per_epoch": 1}
+        sched.fire("on_epoch_begin", epoch=epoch)
+        sched.fire("on_minibatch_begin", **step)
+        loss = sched.fire("before_backward", **step, loss=F.cross_entropy(model(x), y))
+        optimizer.zero_grad()
+        loss.backward()
+        assert model.conv1.weight.grad is not None and torch.isfinite(model.conv1.weight.grad).all()
+        sched.fire("before_optimizer_step", **step)
+        optimizer.step()
+        sched.fire("on_minibatch_end", **step)
+        sched.fire("on_epoch_end", epoch=epoch)

@@ -62,13 +62,14 @@ class FakeLinearQuantization(nn.Module):
                 current = qparams(self.num_bits, self.mode, self.tracked_min, self.tracked_max)
                 self.scale.copy_(current.scale)
                 self.zero_point.copy_(current.zero_point)
+        # The graph gets copies of the buffers: a module called twice in one forward pass (torchvision's
+        # ResNet blocks reuse their ReLU) updates them in place before the first call's backward.
+        low, high = self.tracked_min.clone(), self.tracked_max.clone()
         if self.mode.symmetric:
-            max_abs = torch.maximum(self.tracked_min.abs(), self.tracked_max.abs())
-            low, high = -max_abs, max_abs
-        else:
-            low, high = self.tracked_min, self.tracked_max
+            high = torch.maximum(low.abs(), high.abs())
+            low = -high
         x = torch.clamp(x, low.to(x.dtype), high.to(x.dtype))
-        return fake_quantize(x, self.qparams())
+        return fake_quantize(x, QParams(self.scale.clone(), self.zero_point.clone(), self.quant_min, self.quant_max))
 
     def extra_repr(self) -> str:
         return f"mode={self.mode.name}, num_bits={self.num_bits}, ema_decay={float(self.ema_decay):.4f}"
