@@ -12,6 +12,17 @@ from hookprune.params import ParamIndex
 _FLAGS = ("mask_on_forward_only", "use_double_copies", "mask_gradients")
 
 
+def as_keep_mask(mask: Any, param: torch.Tensor, what: str) -> torch.Tensor:
+    """``mask`` as a detached boolean tensor on ``param``'s device (non-zero keeps); a ValueError saying
+    ``what`` has the wrong shape when it does not match ``param``."""
+    mask = torch.as_tensor(mask)
+    if tuple(mask.shape) != tuple(param.shape):
+        raise ValueError(f"{what} has shape {tuple(mask.shape)}, the parameter {tuple(param.shape)}")
+    if mask.dtype != torch.bool:
+        mask = mask != 0
+    return mask.detach().to(param.device)
+
+
 class ParameterMasker:
     """Distiller's per-parameter masker (``zeros_mask_dict[name]``), backed by the scheduler's masks.
 
@@ -113,14 +124,7 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
 
     def __setitem__(self, name: str, mask: torch.Tensor) -> None:
         actual = self.resolve(name)
-        param = self.index.params[actual]
-        mask = torch.as_tensor(mask)
-        if tuple(mask.shape) != tuple(param.shape):
-            raise ValueError(
-                f"mask for '{actual}' has shape {tuple(mask.shape)}, the parameter {tuple(param.shape)}")
-        if mask.dtype != torch.bool:
-            mask = mask != 0
-        self._masks[actual] = mask.detach().to(param.device)
+        self._masks[actual] = as_keep_mask(mask, self.index.params[actual], f"mask for '{actual}'")
         self._dirty.add(actual)
         self._groups = None
 

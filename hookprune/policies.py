@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hookprune.hookspecs import hookimpl
+from hookprune.masks import as_keep_mask
 
 if TYPE_CHECKING:
     from hookprune.scheduler import CompressionScheduler
@@ -313,12 +314,8 @@ class RegularizationPolicy(Policy):
             self.regularizer.threshold(param, param_name, {param_name: slot})
             if slot.mask is None:
                 continue
-            threshold_mask = torch.as_tensor(slot.mask).to(param.device)
-            if tuple(threshold_mask.shape) != tuple(param.shape):
-                raise ValueError(f"{type(self.regularizer).__name__}.threshold() gave '{param_name}' a mask of "
-                                 f"shape {tuple(threshold_mask.shape)}, the parameter {tuple(param.shape)}")
-            if threshold_mask.dtype != torch.bool:
-                threshold_mask = threshold_mask != 0
+            threshold_mask = as_keep_mask(slot.mask, param,
+                                          f"{type(self.regularizer).__name__}.threshold()'s mask for '{param_name}'")
             with torch.no_grad():
                 param.mul_(threshold_mask)
             if keep:
