@@ -101,14 +101,15 @@ class KnowledgeDistillationPolicy(Policy):
     (in eval mode, under ``torch.no_grad()``) and the student, and keeps both logits; outside it, only
     the student. ``before_backward`` then turns the loop's loss into
 
-        student_w * loss + distill_w * KL(softmax(teacher / T) || softmax(student / T))
+        student_w * loss + distill_w * T**2 * KL(softmax(teacher / T) || softmax(student / T))
 
     (KL summed over classes and averaged over the batch) by adding the term
-    ``(student_w - 1) * loss + distill_w * KL``, named ``distillation`` in ``scheduler.loss_components``.
+    ``(student_w - 1) * loss + distill_w * T**2 * KL``, named ``distillation`` in ``scheduler.loss_components``.
 
-    As in Distiller, the KL is not multiplied by ``T ** 2`` (Hinton et al. suggest it, to keep the soft
-    targets' gradients independent of T): fold it into the distill weight for that behaviour. Unlike
-    Distiller, whose cached student logits were a detached copy, the term's gradient reaches the student.
+    The ``T**2`` is Hinton et al.'s: the soft targets' gradients shrink as ``1/T**2``, and the factor keeps the
+    two losses balanced whatever the temperature. Distiller left it out, so its distill weight for ``T > 1``
+    equals ours times ``T**2``. Unlike Distiller, whose cached student logits were a detached copy, the term's
+    gradient reaches the student.
     A non-zero teacher weight is refused, as Distiller does: the hook receives the student's loss but not
     the labels, so there is no teacher-vs-labels loss to add; train or fine-tune the teacher beforehand.
     """
@@ -174,7 +175,7 @@ class KnowledgeDistillationPolicy(Policy):
 
     @hookimpl
     def before_backward(self, loss: torch.Tensor) -> LossTerm | None:
-        """The additive term ``(student_w - 1) * loss + distill_w * KL`` from the logits :meth:`forward` kept."""
+        """The additive term ``(student_w - 1) * loss + distill_w * T**2 * KL`` from the logits :meth:`forward` kept."""
         if not self.active:
             return None
         student_logits, teacher_logits = self.last_students_logits, self.last_teacher_logits
@@ -187,7 +188,8 @@ class KnowledgeDistillationPolicy(Policy):
                                f"under torch.no_grad(), such as validation, not this step's): {_MISSING_FORWARD}")
         kd_loss = self.distillation_loss(student_logits, teacher_logits)
         self.last_distill_loss = kd_loss.detach()
-        return LossTerm(LOSS_TERM_NAME, (self.loss_wts.student - 1) * loss + self.loss_wts.distill * kd_loss)
+        return LossTerm(LOSS_TERM_NAME, (self.loss_wts.student - 1) * loss
+                        + self.loss_wts.distill * self.temperature ** 2 * kd_loss)
 
     @hookimpl
     def on_epoch_end(self) -> None:

@@ -119,7 +119,7 @@ def scheduled(student, teacher, temperature=3.0, weights=(0.7, 0.3, 0.0), start=
     return sched, policy
 
 
-def test_loss_is_distillers_formula_without_t_squared_and_its_gradient_reaches_the_student():
+def test_loss_is_hintons_formula_with_t_squared_and_its_gradient_reaches_the_student():
     student = mlp()
     teacher = torch.nn.Sequential(teacher_net(), torch.nn.Dropout(0.5))
     sched, policy = scheduled(student, teacher, temperature=3.0, weights=(0.7, 0.3, 0.0))
@@ -135,7 +135,7 @@ def test_loss_is_distillers_formula_without_t_squared_and_its_gradient_reaches_t
     p_teacher = torch.softmax(teacher_logits / 3.0, dim=1)
     log_p_student = torch.log_softmax(student_logits / 3.0, dim=1)
     kl = (p_teacher * (p_teacher.log() - log_p_student)).sum() / x.shape[0]
-    expected = 0.3 * F.cross_entropy(student_logits, y) + 0.7 * kl
+    expected = 0.3 * F.cross_entropy(student_logits, y) + 0.7 * 3.0 ** 2 * kl
     torch.testing.assert_close(total, expected)
     assert list(sched.loss_components) == ["distillation"]
     torch.testing.assert_close(sched.loss_components["distillation"], expected - loss)
@@ -375,13 +375,13 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 
 def train_on_digits(model, data, epochs, seed, distill_from=None):
     """SGD with momentum, minibatches of 64; with ``distill_from``, Hinton's setting: T = 4, the soft
-    targets weighted 0.7 * T^2 (Distiller's loss has no T^2 factor, so it goes into the weight)."""
+    targets weighted 0.7 (times T^2, which the policy applies)."""
     x_train, y_train, _, _ = data
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = hookprune.CompressionScheduler(model, optimizer=optimizer)
     if distill_from is not None:
         policy = KnowledgeDistillationPolicy(model, distill_from, temperature=4.0,
-                                             loss_weights=DistillationLossWeights(0.7 * 16, 0.3, 0.0))
+                                             loss_weights=DistillationLossWeights(0.7, 0.3, 0.0))
         sched.add_policy(policy, starting_epoch=0, ending_epoch=epochs, frequency=1)
     gen = torch.Generator().manual_seed(seed)
     batches = (len(x_train) + 63) // 64
