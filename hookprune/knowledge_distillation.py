@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from hookprune.apputils.checkpoint import describe_load_failure
 from hookprune.hookspecs import hookimpl
 from hookprune.params import normalize_name
 from hookprune.policies import LossTerm, Policy
@@ -228,16 +228,6 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
-def _load_failure(exc: Exception) -> str:
-    """The gist of a ``torch.load`` failure: the unpickler's reason when there is one, else the first line."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    reason = re.search(r"WeightsUnpickler error: ([^\n]*?)\.(?:\s|$)", text)
-    if reason:
-        return reason.group(1)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def load_teacher_checkpoint(teacher: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Load ``path`` into ``teacher`` with ``torch.load(weights_only=True)``.
 
@@ -253,7 +243,7 @@ def load_teacher_checkpoint(teacher: torch.nn.Module, path: str | os.PathLike[st
         raise ArgumentError("teacher_checkpoint", f"teacher checkpoint '{os.fspath(path)}' does not exist") from None
     except Exception as exc:
         raise ArgumentError("teacher_checkpoint", f"cannot read teacher checkpoint '{os.fspath(path)}' with "
-                            f"torch.load(weights_only=True): {_load_failure(exc)}; save the teacher's "
+                            f"torch.load(weights_only=True): {describe_load_failure(exc)}; save the teacher's "
                             "state_dict() alone") from None
     state: Any = checkpoint
     if isinstance(checkpoint, Mapping):

@@ -1,30 +1,65 @@
-"""Sparsity reporting: what fraction of each parameter is zero, and of the model's weights in total."""
+"""Sparsity reporting: what fraction of each parameter is zero, by element and by whole structure, and of the
+model's weights in total."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+
+#: the structures reported per layer: convolution filters and channels (4-D weights), and the rows and
+#: columns of a fully connected weight (2-D)
+STRUCTURES = ("filter", "channel", "row", "column")
 
 
 @dataclass(frozen=True)
 class LayerSparsity:
-    """The zero count of one parameter tensor."""
+    """The zero count of one parameter tensor, and the fraction of its structures that are entirely zero.
+
+    ``filter``/``channel`` (convolutions: output/input channels) and ``row``/``column`` (fully connected
+    weights: outputs/inputs) are None where they do not apply.
+    """
 
     name: str
     shape: tuple[int, ...]
     numel: int
     nonzeros: int
+    filter: float | None = None
+    channel: float | None = None
+    row: float | None = None
+    column: float | None = None
 
     @property
     def sparsity(self) -> float:
         """Fraction of elements that are zero, in [0, 1]."""
         return 1.0 - self.nonzeros / self.numel if self.numel else 0.0
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for JSON: the fields, ``shape`` as a list, and ``sparsity``."""
+        out = asdict(self)
+        out["shape"] = list(self.shape)
+        out["sparsity"] = self.sparsity
+        return out
+
+
+def _zero_fraction(nonzero: torch.Tensor, keep_dim: int) -> float:
+    """Fraction of the slices along ``keep_dim`` of a boolean tensor that hold no True at all."""
+    alive = nonzero.movedim(keep_dim, 0).flatten(1).any(dim=1)
+    return float((~alive).sum()) / alive.numel() if alive.numel() else 0.0
+
 
 def layer_sparsity(name: str, tensor: torch.Tensor) -> LayerSparsity:
-    return LayerSparsity(name, tuple(tensor.shape), tensor.numel(), int(torch.count_nonzero(tensor.detach())))
+    """The zero counts of ``tensor``, reported under ``name``."""
+    tensor = tensor.detach()
+    nonzero = tensor != 0
+    structures: dict[str, float] = {}
+    if tensor.dim() == 4:
+        structures = {"filter": _zero_fraction(nonzero, 0), "channel": _zero_fraction(nonzero, 1)}
+    elif tensor.dim() == 2:
+        structures = {"row": _zero_fraction(nonzero, 0), "column": _zero_fraction(nonzero, 1)}
+    return LayerSparsity(name, tuple(tensor.shape), tensor.numel(), int(nonzero.sum()), **structures)
 
 
 def sparsity_report(model: torch.nn.Module, names: Iterable[str] | None = None) -> list[LayerSparsity]:
@@ -41,13 +76,22 @@ def total_sparsity(rows: Iterable[LayerSparsity]) -> float:
     return 1.0 - sum(r.nonzeros for r in rows) / numel if numel else 0.0
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
 def format_table(rows: Iterable[LayerSparsity]) -> str:
-    """A plain-text table of the rows with a total line."""
+    """A plain-text table of the rows with a total line: the zero structures (filters, channels, rows,
+    columns, in percent; ``-`` where one does not apply), then the element sparsity, last as in Distiller."""
     rows = list(rows)
     width = max([len(r.name) for r in rows] + [len("Total")])
-    lines = [f"{'Name':<{width}}  {'Shape':<20} {'NNZ':>12} {'Sparsity':>9}"]
+    heads = ("Filters", "Channels", "Rows", "Columns")
+    lines = [f"{'Name':<{width}}  {'Shape':<20} {'NNZ':>12} " + " ".join(f"{h:>9}" for h in heads)
+             + f" {'Sparsity':>9}"]
     for r in rows:
-        lines.append(f"{r.name:<{width}}  {r.shape!s:<20} {r.nonzeros:>12} {100 * r.sparsity:>8.2f}%")
-    lines.append(f"{'Total':<{width}}  {'':<20} {sum(r.nonzeros for r in rows):>12} "
+        cells = " ".join(f"{_percent(getattr(r, s)):>9}" for s in STRUCTURES)
+        lines.append(f"{r.name:<{width}}  {r.shape!s:<20} {r.nonzeros:>12} {cells} {100 * r.sparsity:>8.2f}%")
+    blank = " ".join(f"{'':>9}" for _ in STRUCTURES)
+    lines.append(f"{'Total':<{width}}  {'':<20} {sum(r.nonzeros for r in rows):>12} {blank} "
                  f"{100 * total_sparsity(rows):>8.2f}%")
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Helpers of the example application: its data sets and its checkpoints."""

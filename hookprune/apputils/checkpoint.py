@@ -1,0 +1,156 @@
+"""Checkpoints that survive a crash and load without running code: Distiller's ``save_checkpoint`` keys,
+written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict: ``epoch``, ``arch``, ``state_dict`` (the model), ``optimizer_state_dict``,
+``compression_sched`` (``CompressionScheduler.state_dict()``: masks, every instance's progress,
+thinning recipes), ``thinning_recipes`` and ``quantizer_metadata`` (also at the top level, where Distiller
+kept them), and ``extras`` (anything else the training script keeps: RNG states, metric history).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_SUFFIX = "checkpoint.pth.tar"
+BEST_SUFFIX = "best.pth.tar"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; ``str(err)`` is one line naming the file and the reason."""
+
+
+def describe_load_failure(exc: BaseException) -> str:
+    """The gist of a ``torch.load`` failure in a few words: the unpickler's reason, or the first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    reason = re.search(r"WeightsUnpickler error: ([^\n]*?)\.(?:\s|$)", text) or re.search(
+        r"^((?:Trying to load )?[Uu]nsupported (?:global|GLOBAL)[^\n]*?)\.?$", text, re.M)
+    if reason:
+        return reason.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def atomic_write(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves either the old file or the new one.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is then
+    renamed over ``path`` (an atomic replace on POSIX and Windows).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(buffer.getvalue(), path)
+
+
+def quantizer_metadata(scheduler: Any) -> dict[str, dict[str, Any]]:
+    """What each quantizer of ``scheduler`` is: its class and bit widths, as plain values (Distiller kept
+    this beside the weights so a reader knows the model is quantized)."""
+    from hookprune.quantization.base import Quantizer
+
+    meta: dict[str, dict[str, Any]] = {}
+    for name, obj in getattr(scheduler, "instances", {}).items():
+        if isinstance(obj, Quantizer):
+            bits = obj.default_qbits
+            meta[name] = {"type": type(obj).__name__, "bits_activations": bits.acts, "bits_weights": bits.wts,
+                          "bits_bias": bits.bias,
+                          "quantized_params": sorted(ptq.full_name for ptq in obj.params_to_quantize)}
+    return meta
+
+
+def checkpoint_dict(epoch: int, arch: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint :func:`save_checkpoint` writes, as a dict of tensors and plain values."""
+    checkpoint: dict[str, Any] = {"epoch": epoch, "arch": arch, "state_dict": model.state_dict()}
+    if optimizer is not None:
+        checkpoint["optimizer_state_dict"] = optimizer.state_dict()
+    if scheduler is not None:
+        state = scheduler.state_dict()
+        checkpoint["compression_sched"] = state
+        checkpoint["thinning_recipes"] = state.get("thinning_recipes", [])
+        checkpoint["quantizer_metadata"] = quantizer_metadata(scheduler)
+    if extras is not None:
+        checkpoint["extras"] = dict(extras)
+    return checkpoint
+
+
+def save_checkpoint(epoch: int, arch: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, extras: Mapping[str, Any] | None = None, is_best: bool = False,
+                    name: str | None = None, dir: str | os.PathLike[str] = ".") -> Path:
+    """Distiller's ``apputils.save_checkpoint``: write ``[name_]checkpoint.pth.tar`` in ``dir``, and
+    ``[name_]best.pth.tar`` too when ``is_best``; both atomically. Returns the checkpoint's path."""
+    prefix = f"{name}_" if name else ""
+    folder = Path(dir)
+    data = io.BytesIO()
+    torch.save(checkpoint_dict(epoch, arch, model, optimizer, scheduler, extras), data)
+    last = folder / f"{prefix}{CHECKPOINT_SUFFIX}"
+    atomic_write(data.getvalue(), last)
+    if is_best:
+        atomic_write(data.getvalue(), folder / f"{prefix}{BEST_SUFFIX}")
+    return last
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+    file that would run code when unpickled is refused (and its code never runs).
+
+    Raises :class:`CheckpointError` for a missing, truncated, corrupt or unsafe file, or one that is not a dict.
+    """
+    shown = os.fspath(path)
+    if not Path(path).is_file():
+        what = "is a folder, not a checkpoint file" if Path(path).is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint '{shown}' {what}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        reason = describe_load_failure(exc)
+        if "Weights only load failed" in str(exc) or "WeightsUnpickler" in str(exc):
+            raise CheckpointError(f"checkpoint '{shown}' refused: it holds an object that loading without running "
+                                  f"code does not allow ({reason}); only tensors and plain containers are read"
+                                  ) from None
+        raise CheckpointError(f"checkpoint '{shown}' is incomplete or corrupt (truncated while being written or "
+                              f"copied?): {reason}") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint '{shown}' holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
+def model_state(checkpoint: Mapping[str, Any], path: str | os.PathLike[str] = "<checkpoint>") -> dict[str, Any]:
+    """The model's state dict inside a checkpoint: under ``state_dict`` (Distiller's key) or ``model``, or the
+    checkpoint itself when it is a bare state dict."""
+    for key in ("state_dict", "model"):
+        value = checkpoint.get(key)
+        if isinstance(value, Mapping):
+            return dict(value)
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return dict(checkpoint)
+    raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds no model weights (no 'state_dict' or 'model' "
+                          "entry, and it is not a state dict itself)")
