@@ -118,6 +118,58 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_identical_to_an_uninterrupt
     assert summary == summary_r
 
 
+FILTERS = """\
+version: 1
+pruners:
+  filters:
+    class: L1RankedStructureParameterPruner_AGP
+    initial_sparsity: 0.1
+    final_sparsity: 0.5
+    group_type: Filters
+    weights: [conv1.weight, conv2.weight]
+extensions:
+  net_thinner: {class: FilterRemover, thinning_func_str: remove_filters, arch: simplenet_mnist, dataset: mnist}
+lr_schedulers:
+  decay: {class: ExponentialLR, gamma: 0.8}
+policies:
+  - pruner: {instance_name: filters}
+    starting_epoch: 0
+    ending_epoch: 2
+    frequency: 1
+  - extension: {instance_name: net_thinner}
+    epochs: [2]
+  - lr_scheduler: {instance_name: decay}
+    starting_epoch: 0
+    ending_epoch: 4
+    frequency: 1
+"""
+
+
+def test_a_thinned_model_resumes_into_its_smaller_shape_bit_identical(tmp_path):
+    schedule = tmp_path / "filters.yaml"
+    schedule.write_text(FILTERS)
+    common = ["-a", "simplenet_mnist", "--compress", str(schedule), "--deterministic", "--effective-train-size",
+              "0.3"]
+    app(*common, "--epochs", "4", "-o", str(tmp_path / "whole"), cwd=tmp_path)
+    app(*common, "--epochs", "3", "-o", str(tmp_path / "part"), cwd=tmp_path)
+    part = run_folder(tmp_path / "part") / "simplenet_mnist_checkpoint.pth.tar"
+    out = app(*common, "--epochs", "4", "--resume-from", str(part), "-o", str(tmp_path / "resumed"), cwd=tmp_path)
+    assert re.search(r"^conv1\.weight\s+\(10, 1, 5, 5\)", out.stdout, re.M), "10 of conv1's 20 filters are removed"
+    assert re.search(r"^conv2\.weight\s+\(25, 10, 5, 5\)", out.stdout, re.M)
+    whole = torch.load(run_folder(tmp_path / "whole") / "simplenet_mnist_checkpoint.pth.tar", weights_only=True)
+    resumed = torch.load(run_folder(tmp_path / "resumed") / "simplenet_mnist_checkpoint.pth.tar", weights_only=True)
+    assert whole["state_dict"]["fc1.weight"].shape == (500, 25 * 4 * 4)
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+    assert resumed["optimizer_state_dict"]["state"][0]["momentum_buffer"].shape == (10, 1, 5, 5)
+    assert len(resumed["thinning_recipes"]) == 1
+    summaries = [json.loads((run_folder(tmp_path / d) / "summary.json").read_text()) for d in ("whole", "resumed")]
+    for summary in summaries:
+        del summary["timings"]
+    assert summaries[0] == summaries[1]
+    assert summaries[0]["best_epoch"] == 3, "the thinned model has the fewest non-zero weights"
+
+
 def test_a_truncated_checkpoint_is_refused_with_one_line(tmp_path):
     app("-a", "lenet300_100", "--epochs", "1", "-o", str(tmp_path / "run"), cwd=tmp_path)
     good = run_folder(tmp_path / "run") / "lenet300_100_checkpoint.pth.tar"

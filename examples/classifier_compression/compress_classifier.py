@@ -140,9 +140,6 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torc
     return Scores(100 * hits1 / count, 100 * hits5 / count, loss_sum / count)
 
 
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of zeros over every weight of the model (parameters with more than one dimension)."""
-    return total_sparsity(sparsity_report(model))
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -301,9 +298,10 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def best_key(entry: dict[str, Any]) -> tuple[float, float, int]:
-    """Distiller's choice of the best epoch: the sparsest, then the most accurate, then the latest."""
-    return (round(entry["sparsity"], 2), entry["val_top1"], entry["epoch"])
+def best_key(entry: dict[str, Any]) -> tuple[int, float, int]:
+    """Distiller's choice of the best epoch: the fewest non-zero weights (so a thinned model beats the masked
+    one it came from), then the most accurate, then the latest."""
+    return (-entry["nonzeros"], entry["val_top1"], entry["epoch"])
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
@@ -637,10 +635,11 @@ class Run:
             scores = evaluate(net, self.val_loader, self.device)
             lr = optimizer.param_groups[0]["lr"]
             sched.fire("on_epoch_end", epoch=epoch, metrics={"min": scores.loss, "max": scores.top1})
-            sparsity = 100 * weight_sparsity(self.model)
+            rows = sparsity_report(self.model)
+            sparsity = 100 * total_sparsity(rows)
             entry = {"epoch": epoch, "train_loss": loss.total, "train_objective": loss.objective,
                      "loss_components": loss.components, "val_top1": scores.top1, "val_top5": scores.top5,
-                     "val_loss": scores.loss, "sparsity": sparsity, "lr": lr}
+                     "val_loss": scores.loss, "sparsity": sparsity, "nonzeros": sum(r.nonzeros for r in rows), "lr": lr}
             history.append(entry)
             is_best = best is None or best_key(entry) >= best_key(best)
             if is_best:
@@ -662,8 +661,8 @@ class Run:
         test = evaluate(net, self.test_loader, self.device)
         self.report(test)
         if best is not None:
-            self.say(f"best epoch {best['epoch'] + 1}: val top-1 {best['val_top1']:.2f}% at "
-                     f"{best['sparsity']:.2f}% sparsity")
+            self.say(f"best epoch {best['epoch'] + 1}: val top-1 {best['val_top1']:.2f}%, {best['nonzeros']} non-zero "
+                     f"weights ({best['sparsity']:.2f}% sparsity)")
         timings = {"epoch_s": epoch_times, "test_s": time.perf_counter() - tic,
                    "total_s": time.perf_counter() - self.started}
         write_json(self.summary(history, best, test, timings), self.run_dir / SUMMARY)

@@ -132,7 +132,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         reason = describe_load_failure(exc)
-        if "Weights only load failed" in str(exc) or "WeightsUnpickler" in str(exc):
+        if re.search(r"unsupported global|GLOBAL", str(exc), re.I):
             raise CheckpointError(f"checkpoint '{shown}' refused: it holds an object that loading without running "
                                   f"code does not allow ({reason}); only tensors and plain containers are read"
                                   ) from None
