@@ -1,4 +1,9 @@
-"""Boolean masks: one byte per element, applied in place with one fused multiply per device and dtype."""
+"""Boolean masks: one byte per element, applied in place with one fused multiply per device and dtype.
+
+A mask multiplies a floating-point tensor through its ``uint8`` view (the same byte, no copy): torch's
+CPU kernels convert ``uint8`` to float in vectorized loops but ``bool`` one element at a time, about
+four times slower for float32 (``benchmarks/overhead.py`` measures the per-step cost).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,44 @@ import torch
 from hookprune.params import ParamIndex
 
 _FLAGS = ("mask_on_forward_only", "use_double_copies", "mask_gradients")
+_UNSET = object()
+
+
+def multiplier(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """What multiplies ``tensor`` to apply the boolean ``mask``: its ``uint8`` view for a floating-point
+    tensor (the same values, multiplied faster on the CPU), the mask itself otherwise."""
+    return mask.view(torch.uint8) if tensor.is_floating_point() and mask.dtype == torch.bool else mask
+
+
+def _multiply_in_place(groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> None:
+    """``tensors *= multipliers`` for each group, one fused call per group, outside autograd.
+
+    Grad mode is switched directly rather than through ``torch.no_grad()``, whose context manager costs
+    more than the multiply itself for a small model."""
+    enabled = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)
+    try:
+        for tensors, multipliers in groups:
+            torch._foreach_mul_(tensors, multipliers)
+    finally:
+        torch._C._set_grad_enabled(enabled)
+
+
+class _Flag:
+    """A masker option whose every change tells the mask store to rebuild what it derives from the options."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, masker: ParameterMasker | None, owner: type | None = None) -> Any:
+        if masker is None:
+            return self
+        return masker.__dict__[self.name]
+
+    def __set__(self, masker: ParameterMasker, value: bool) -> None:
+        if masker.__dict__.get(self.name, _UNSET) is not value:
+            masker.__dict__[self.name] = value
+            masker._store.flags_changed()
 
 
 def as_keep_mask(mask: Any, param: torch.Tensor, what: str) -> torch.Tensor:
@@ -28,6 +71,10 @@ class ParameterMasker:
 
     Setting ``.mask`` stores a boolean copy, whatever dtype a Distiller pruner hands over.
     """
+
+    mask_on_forward_only = _Flag()
+    use_double_copies = _Flag()
+    mask_gradients = _Flag()
 
     def __init__(self, store: MaskStore, param_name: str) -> None:
         self._store = store
@@ -54,7 +101,7 @@ class ParameterMasker:
         mask = self.mask
         if mask is not None:
             with torch.no_grad():
-                tensor.mul_(mask)
+                tensor.mul_(multiplier(mask, tensor))
 
     def apply_mask(self, parameter: torch.Tensor) -> torch.Tensor:
         """Mask ``parameter`` in place, keeping a dense copy first when double copies are on."""
@@ -70,7 +117,7 @@ class ParameterMasker:
 
     def mask_gradient(self, gradient: torch.Tensor) -> torch.Tensor | None:
         mask = self.mask
-        return None if mask is None else gradient.mul(mask)
+        return None if mask is None else gradient.mul(multiplier(mask, gradient))
 
     def revert_weights(self, parameter: torch.Tensor) -> None:
         """Restore the dense copy saved by :meth:`apply_mask` (double copies)."""
@@ -103,6 +150,9 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
 
     Assigning a mask validates its shape, stores it as ``torch.bool`` on the parameter's device and
     marks it pending, so the engine applies it before the next forward pass.
+
+    What every minibatch needs is derived once and kept until a mask or a masker's option changes:
+    the fused groups applied after each optimizer step, and the names carrying each option.
     """
 
     def __init__(self, model: torch.nn.Module, index: ParamIndex | None = None) -> None:
@@ -111,6 +161,7 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         self._dirty: set[str] = set()
         self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
         self._group_devices: list[torch.device] = []
+        self._flag_lists: dict[str, list[str]] | None = None
         self.maskers = MaskerDict(self)
 
     def resolve(self, name: str) -> str:
@@ -126,13 +177,13 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         actual = self.resolve(name)
         self._masks[actual] = as_keep_mask(mask, self.index.params[actual], f"mask for '{actual}'")
         self._dirty.add(actual)
-        self._groups = None
+        self.flags_changed()
 
     def __delitem__(self, name: str) -> None:
         actual = self.resolve(name)
         del self._masks[actual]
         self._dirty.discard(actual)
-        self._groups = None
+        self.flags_changed()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._masks)
@@ -145,8 +196,13 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         self._dirty.update(self._masks)
 
     def _flagged(self, flag: str) -> list[str]:
-        maskers = self.maskers._maskers
-        return [name for name in self._masks if getattr(maskers[name], flag)]
+        """The masked parameters whose masker has ``flag`` set, in mask order (cached)."""
+        lists = self._flag_lists
+        if lists is None:
+            maskers = self.maskers._maskers
+            lists = self._flag_lists = {f: [name for name in self._masks if getattr(maskers[name], f)]
+                                        for f in _FLAGS}
+        return lists[flag]
 
     @staticmethod
     def _fused_mul(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
@@ -154,10 +210,8 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         for tensor, mask in zip(tensors, masks, strict=True):
             ts, ms = groups.setdefault((tensor.device, tensor.dtype), ([], []))
             ts.append(tensor)
-            ms.append(mask if mask.device == tensor.device else mask.to(tensor.device))
-        with torch.no_grad():
-            for ts, ms in groups.values():
-                torch._foreach_mul_(ts, ms)
+            ms.append(multiplier(mask if mask.device == tensor.device else mask.to(tensor.device), tensor))
+        _multiply_in_place(list(groups.values()))
 
     def apply(self, names: Iterable[str] | None = None) -> None:
         """Zero the masked elements of the named parameters (all masked ones when None) in place."""
@@ -173,28 +227,36 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
     def apply_pending(self, forward_policies_active: bool) -> None:
         """Before a forward pass: apply new masks, and forward-only / double-copy masks while a
         pruning policy is active."""
-        names = set(self._dirty)
         if forward_policies_active:
-            names.update(self._flagged("mask_on_forward_only"))
-            names.update(self._flagged("use_double_copies"))
-        if names:
-            self.apply([n for n in self._masks if n in names])
+            forward_only, double = self._flagged("mask_on_forward_only"), self._flagged("use_double_copies")
+            if not self._dirty and not forward_only and not double:
+                return
+            names = set(self._dirty)
+            names.update(forward_only)
+            names.update(double)
+        elif not self._dirty:
+            return
+        else:
+            names = set(self._dirty)
+        self.apply([n for n in self._masks if n in names])
 
     def apply_after_step(self) -> None:
         """After ``optimizer.step()``: re-mask every weight except forward-only ones, fused."""
-        if self._groups is None or any(
-            params[0].device != device for (params, _), device in zip(self._groups, self._group_devices,
-                                                                       strict=True)
-        ):
-            self._build_groups()
-        assert self._groups is not None
-        with torch.no_grad():
-            for params, masks in self._groups:
-                torch._foreach_mul_(params, masks)
-        forward_only = self._flagged("mask_on_forward_only") if self._dirty else ()
-        self._dirty.intersection_update(forward_only)
+        groups = self._groups
+        if groups is None:
+            groups = self._build_groups()
+        else:
+            for (params, _), device in zip(groups, self._group_devices, strict=True):
+                if params[0].device != device:
+                    groups = self._build_groups()
+                    break
+        if groups:
+            _multiply_in_place(groups)
+        if self._dirty:
+            self._dirty.intersection_update(self._flagged("mask_on_forward_only"))
 
-    def _build_groups(self) -> None:
+    def _build_groups(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """The parameters re-masked after each step and their multipliers, one group per device and dtype."""
         maskers = self.maskers._maskers
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for name, mask in self._masks.items():
@@ -203,19 +265,25 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
             param = self.index.params[name]
             if mask.device != param.device:
                 mask = self._masks[name] = mask.to(param.device)
-            params, masks = groups.setdefault((param.device, param.dtype), ([], []))
+            params, multipliers = groups.setdefault((param.device, param.dtype), ([], []))
             params.append(param)
-            masks.append(mask)
+            multipliers.append(multiplier(mask, param))
         self._groups = list(groups.values())
         self._group_devices = [params[0].device for params, _ in self._groups]
+        return self._groups
 
     def flags_changed(self) -> None:
-        """Forget the cached groups after a masker's flags change."""
+        """Forget what was derived from the masks and the maskers' options (a masker calls this when an
+        option changes)."""
         self._groups = None
+        self._flag_lists = None
 
     def mask_gradients(self) -> None:
         """Zero the gradients of masked elements for maskers with ``mask_gradients``."""
-        names = [n for n in self._flagged("mask_gradients") if self.index.params[n].grad is not None]
+        flagged = self._flagged("mask_gradients")
+        if not flagged:
+            return
+        names = [n for n in flagged if self.index.params[n].grad is not None]
         self._fused_mul([self.index.params[n].grad for n in names], [self._masks[n] for n in names])
 
     def revert_double_copies(self) -> None:
@@ -239,6 +307,7 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
                 resolved[self.resolve(name)] = mask
         self._masks.clear()
         self._dirty.clear()
+        self.flags_changed()
         for name, mask in resolved.items():
             self[name] = mask
 
@@ -250,4 +319,4 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
             masker = self.maskers[name]
             for flag in _FLAGS:
                 setattr(masker, flag, bool(values.get(flag, False)))
-        self._groups = None
+        self.flags_changed()

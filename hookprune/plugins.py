@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -106,12 +107,24 @@ def resolve_class(name: object, where: Where | None = None) -> Any:
     return obj
 
 
+def _provides(provider: Provider, cls: type) -> bool:
+    """True when ``provider``'s entry point names ``cls``, by its defining module or by a module that
+    re-exports it (``pkg:Class`` for ``pkg.module.Class``); imports nothing."""
+    if provider.value == f"{cls.__module__}:{cls.__qualname__}":
+        return True
+    ep = provider.entry_point
+    target: Any = sys.modules.get(ep.module)
+    for part in filter(None, (ep.attr or "").split(".")):
+        target = getattr(target, part, None)
+    return target is cls
+
+
 def distribution_of(obj: Any) -> str:
     """The distribution label that provides ``obj``'s class, or its module when none does."""
     cls = obj if isinstance(obj, type) else type(obj)
     for providers in class_providers().values():
         for provider in providers:
-            if provider.value == f"{cls.__module__}:{cls.__qualname__}":
+            if _provides(provider, cls):
                 return provider.label
     for plugin in autoloaded_plugins():
         if plugin.obj is obj:

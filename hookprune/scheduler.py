@@ -39,8 +39,13 @@ from hookprune.policies import (
 )
 from hookprune.sparsity import LayerSparsity, sparsity_report, total_sparsity
 
-_UNSET: Any = object()
 _EVENTS = {e.value: e for e in Event}
+#: the keyword arguments each event takes from the loop, as sets (one comparison per call)
+_ARG_SETS = {ev: frozenset(args) for ev, args in EVENT_ARGS.items()}
+#: the events as module constants: an enum class attribute lookup costs more than the comparison
+(_EPOCH_BEGIN, _MINIBATCH_BEGIN, _BEFORE_BACKWARD, _BEFORE_OPTIMIZER_STEP, _MINIBATCH_END,
+ _EPOCH_END) = (Event.ON_EPOCH_BEGIN, Event.ON_MINIBATCH_BEGIN, Event.BEFORE_BACKWARD,
+                Event.BEFORE_OPTIMIZER_STEP, Event.ON_MINIBATCH_END, Event.ON_EPOCH_END)
 
 
 @dataclass
@@ -78,9 +83,16 @@ class CompressionScheduler:
         self._entries: list[_Entry] = []
         self._tables: dict[int, dict[str, Any]] = {}
         self._counter = itertools.count()
+        #: a :class:`hookprune.distributed.MaskSynchronizer` under distributed training, else None: told when
+        #: hooks may change masks, and asked to bring every rank's masks into line before masks are applied
+        self.mask_sync: Any = None
         for plugin in autoloaded_plugins():
             self._entries.append(self._entry(plugin.obj, f"plugin '{plugin.provider.name}'", None,
                                              registered=True))
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            from hookprune.distributed import synchronize_masks
+
+            synchronize_masks(self)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -167,13 +179,13 @@ class CompressionScheduler:
         ev = _EVENTS.get(event.value if isinstance(event, Event) else event)
         if ev is None:
             raise ValueError(f"unknown event {event!r}; events are: {', '.join(_EVENTS)}")
-        optimizer = kwargs.pop("optimizer", _UNSET)
-        if optimizer is _UNSET or optimizer is None:
+        optimizer = kwargs.pop("optimizer", None)
+        if optimizer is None:
             optimizer = self.optimizer
-        if ev is Event.ON_EPOCH_END and kwargs.get("metrics") is None:
+        if ev is _EPOCH_END and kwargs.get("metrics") is None:
             kwargs["metrics"] = {}
-        needed = EVENT_ARGS[ev]
-        if len(kwargs) != len(needed) or any(a not in kwargs for a in needed):
+        if kwargs.keys() != _ARG_SETS[ev]:
+            needed = EVENT_ARGS[ev]
             missing = [a for a in needed if a not in kwargs]
             extra = [a for a in kwargs if a not in needed]
             raise TypeError(f"fire('{ev.value}') needs {', '.join(needed)} (and optionally optimizer)"
@@ -185,16 +197,25 @@ class CompressionScheduler:
         kwargs["model"] = self.model
         kwargs["optimizer"] = optimizer
         name = ev.value
-        if ev is Event.ON_EPOCH_BEGIN:
+        calls = table[name]
+        sync = self.mask_sync
+        if ev is _EPOCH_BEGIN:
             self.epoch = epoch
-        elif ev is Event.ON_MINIBATCH_END:
+        elif ev is _MINIBATCH_END:
+            if sync is not None:
+                sync.sync_point()
             self.masks.apply_after_step()
-        elif ev is Event.BEFORE_BACKWARD:
-            return self._before_backward(table[name], kwargs)
-        self._run(name, table[name], kwargs)
-        if ev is Event.ON_MINIBATCH_BEGIN:
+        if sync is not None and calls:
+            sync.note_change()
+        if ev is _BEFORE_BACKWARD:
+            return self._before_backward(calls, kwargs)
+        if calls:
+            self._run(name, calls, kwargs)
+        if ev is _MINIBATCH_BEGIN:
+            if sync is not None:
+                sync.sync_point()
             self.masks.apply_pending(table["pruning_active"])
-        elif ev is Event.BEFORE_OPTIMIZER_STEP:
+        elif ev is _BEFORE_OPTIMIZER_STEP:
             self.masks.mask_gradients()
             self.masks.revert_double_copies()
         return None
@@ -344,6 +365,8 @@ class CompressionScheduler:
             policy.load_state_dict(policy_state)
         self.epoch = state.get("epoch")
         self.masks.mark_all_pending()
+        if self.mask_sync is not None:
+            self.mask_sync.note_change()
 
 
 _stack: list[CompressionScheduler] = []

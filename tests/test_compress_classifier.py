@@ -236,11 +236,13 @@ def test_distillation_options_train_a_teacher_of_another_input_shape_and_log_the
     for name, tensor in teacher["state_dict"].items():
         assert torch.equal(checkpoint["extras"]["kd_teacher"][name], tensor)
 
-    again = app("-a", "lenet300_100", "--epochs", "1", "--kd-teacher", "simplenet_mnist",
+    again = app("-a", "lenet300_100", "--epochs", "1", "--kd-teacher", "simplenet_mnist", "--compress", str(AGP),
                 "--kd-resume", str(folder / "teacher_checkpoint.pth.tar"), "-o", str(tmp_path / "loaded"),
                 cwd=tmp_path)
     assert f"weights from {folder / 'teacher_checkpoint.pth.tar'}" in again.stdout
     assert "training the teacher" not in again.stdout
+    assert re.search(r"epoch 1/1  loss \S+ \(objective \S+, distillation \S+\)", again.stdout), \
+        "a schedule without distillers is pruned while the command line's teacher distils"
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

@@ -8,11 +8,17 @@ Without a data folder the data is scikit-learn's digits (embedded: nothing to do
 MNIST or CIFAR-10 in torchvision's on-disk format, or any ImageFolder tree (``train/`` and ``val/``).
 Each run writes to ``OUT_DIR/NAME___TIMESTAMP/``: the last and the best checkpoint, ``summary.json``,
 ``training.png``, a log, and with ``--sense`` the sensitivity analysis (``sensitivity.csv``/``.png``).
+
+Under ``torchrun --nproc_per_node=N compress_classifier.py ...`` the model trains with DistributedDataParallel
+(gloo on the CPU, nccl with one GPU per process): each rank trains on its shard of the data, masks are rank 0's
+on every rank, validation and test counts are summed over the ranks, and rank 0 alone prints and writes the
+run folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import math
@@ -20,7 +26,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,8 +38,8 @@ from torch import nn
 from tqdm import tqdm
 
 import hookprune
+from hookprune import distributed, models, sensitivity
 from hookprune import knowledge_distillation as kd
-from hookprune import models, sensitivity
 from hookprune.apputils.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -43,6 +49,7 @@ from hookprune.apputils.checkpoint import (
 )
 from hookprune.apputils.data_loaders import DATASETS, classes_of, input_adapter, load_data, sample_shape, set_epoch
 from hookprune.errors import suggest
+from hookprune.source import read_schedule
 from hookprune.sparsity import format_table, sparsity_report, total_sparsity
 
 PROG = "compress_classifier.py"
@@ -107,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     kd.add_distillation_args(p)
     p.add_argument("--kd-teacher-epochs", type=int, metavar="N",
                    help="without --kd-resume, train the teacher for N epochs first (default: --epochs)")
+    p.add_argument("--kd-teacher-lr", type=float, metavar="LR",
+                   help="learning rate of that teacher training (default: --lr)")
     return p
 
 
@@ -122,8 +131,19 @@ class Scores:
     loss: float
 
 
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> Scores:
-    """Accuracy and cross-entropy of ``model`` over ``loader``, in eval mode and without gradients."""
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+             reduce: bool = False) -> Scores:
+    """Accuracy and cross-entropy of ``model`` over ``loader``, in eval mode and without gradients.
+
+    With ``reduce`` (distributed training: ``loader`` reads this rank's shard), the counts and sums are added
+    over all ranks, so every rank gets the scores of the whole split. The bare model runs, with rank 0's buffers:
+    DistributedDataParallel's forward would broadcast buffers, a collective that shards of unequal length cannot
+    match call for call.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    if reduce:
+        distributed.broadcast_buffers(model)
     model.eval()
     count, loss_sum, hits1, hits5 = 0, 0.0, 0, 0
     with torch.no_grad():
@@ -135,6 +155,9 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torc
             hits1 += int((top[:, 0] == y).sum())
             hits5 += int((top == y[:, None]).any(dim=1).sum())
             count += len(y)
+    if reduce:
+        sums = distributed.all_sum([count, loss_sum, hits1, hits5])
+        count, loss_sum, hits1, hits5 = int(sums[0]), sums[1], int(sums[2]), int(sums[3])
     if not count:
         raise AppError("the evaluation split is empty: lower --vs or raise --effective-*-size")
     return Scores(100 * hits1 / count, 100 * hits5 / count, loss_sum / count)
@@ -172,9 +195,13 @@ class Trainer:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sched: hookprune.CompressionScheduler,
                  loader: torch.utils.data.DataLoader, device: torch.device, print_freq: int,
-                 say: Callable[[str], None], label: str = "epoch") -> None:
+                 say: Callable[[str], None], label: str = "epoch", reduce: bool = False, progress: bool = True,
+                 ) -> None:
         self.model, self.optimizer, self.sched = model, optimizer, sched
         self.loader, self.device, self.print_freq, self.say, self.label = loader, device, print_freq, say, label
+        #: distributed training: the epoch's mean losses are over every rank's shard
+        self.reduce = reduce
+        self.progress = progress
         #: a distiller runs the student itself (and the teacher beside it) in its epochs
         self.distilling = any(isinstance(p, kd.KnowledgeDistillationPolicy) for p in sched.sched_metadata)
 
@@ -188,7 +215,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         hits = seen = 0
         bar = tqdm(total=steps, desc=f"{self.label} {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=None, dynamic_ncols=True, file=sys.stderr)
+                   disable=None if self.progress else True, dynamic_ncols=True, file=sys.stderr)
         for i, (x, y) in enumerate(self.loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             step = {"epoch": epoch, "minibatch_id": i, "minibatches_per_epoch": steps}
@@ -216,6 +243,9 @@ class Trainer:
                     bar.set_postfix_str(progress, refresh=False)
         bar.close()
         means = {name: float(value) / steps for name, value in sums.items()}
+        if self.reduce:
+            ranks = distributed.world_size()
+            means = dict(zip(means, (v / ranks for v in distributed.all_sum(list(means.values()))), strict=True))
         total_mean, objective_mean = means.pop("total"), means.pop("objective")
         return EpochLoss(total_mean, objective_mean, means)
 
@@ -232,8 +262,13 @@ def resolve_seed(args: argparse.Namespace, resumed: dict[str, Any] | None) -> in
     return 0 if args.deterministic else int.from_bytes(os.urandom(4), "little") >> 1
 
 
-def choose_device(args: argparse.Namespace) -> tuple[torch.device, list[int]]:
-    """The device to train on and, for several GPUs, their ids (for DataParallel)."""
+def choose_device(args: argparse.Namespace, launch: distributed.LaunchEnvironment | None = None,
+                  ) -> tuple[torch.device, list[int]]:
+    """The device to train on and, for several GPUs, their ids (for DataParallel).
+
+    Under torchrun (``launch``) each process takes one GPU: the one of its local rank, or the local rank's entry
+    of ``--gpus``; ``--cpu`` or a machine without GPUs trains every process on the CPU.
+    """
     if args.cpu:
         return torch.device("cpu"), []
     if args.gpus is not None:
@@ -246,8 +281,20 @@ def choose_device(args: argparse.Namespace) -> tuple[torch.device, list[int]]:
         if not ids or bad:
             raise AppError(f"--gpus {args.gpus}: this machine has {available} GPU(s)"
                            + ("; use --cpu" if not available else f" (ids 0..{available - 1})"))
-        return torch.device("cuda", ids[0]), ids
-    return (torch.device("cuda", 0), []) if torch.cuda.is_available() else (torch.device("cpu"), [])
+        if launch is None:
+            return torch.device("cuda", ids[0]), ids
+        if len(ids) < launch.local_world_size:
+            raise AppError(f"--gpus {args.gpus}: torchrun starts {launch.local_world_size} processes on this machine, "
+                           "each needs its own GPU id")
+        return torch.device("cuda", ids[launch.local_rank]), []
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), []
+    if launch is None:
+        return torch.device("cuda", 0), []
+    if launch.local_rank >= torch.cuda.device_count():
+        raise AppError(f"torchrun starts {launch.local_world_size} processes on this machine, which has "
+                       f"{torch.cuda.device_count()} GPU(s): one GPU per process, or --cpu")
+    return torch.device("cuda", launch.local_rank), []
 
 
 def infer_dataset(args: argparse.Namespace, arch: str) -> str:
@@ -344,8 +391,19 @@ class Run:
                            "start a new one from another run's weights")
         if args.epochs < 0 or args.batch_size < 1 or args.print_freq < 1:
             raise AppError("--epochs must be >= 0, --batch-size and --print-freq >= 1")
+        self.launch = distributed.launch_environment()
+        #: rank 0, or the only process: the one that prints and writes the run folder
+        self.main = self.launch is None or self.launch.rank == 0
+        self.group_started = False
+        if self.launch is not None and args.kd_teacher:
+            raise AppError("--kd-teacher: knowledge distillation is not supported under torchrun (the teacher and the "
+                           "distillation loss would run outside DistributedDataParallel); distil in one process")
+        self.device, self.gpu_ids = choose_device(args, self.launch)
         self.seed = resolve_seed(args, self.resumed)
-        self.device, self.gpu_ids = choose_device(args)
+        if self.launch is not None:
+            self.backend = distributed.init_process_group(self.device)
+            self.group_started = True
+            self.seed = distributed.broadcast_json(self.seed)
         saved_arch = self.resumed.get("arch") if self.resumed else None
         self.arch = check_arch(args.arch or saved_arch or DEFAULT_ARCH, "--arch")
         if saved_arch and saved_arch != self.arch:
@@ -364,7 +422,8 @@ class Run:
             self.dataset, self.arch, args.data, batch_size=args.batch_size, workers=args.workers,
             validation_split=args.validation_split, deterministic=args.deterministic, seed=self.seed,
             effective_train_size=args.effective_train_size, effective_valid_size=args.effective_valid_size,
-            effective_test_size=args.effective_test_size)
+            effective_test_size=args.effective_test_size, num_replicas=distributed.world_size(),
+            rank=distributed.rank())
         #: Distiller validates on the test split when no validation split is held out
         self.val_loader = val_loader if val_loader is not None else self.test_loader
         self.num_classes = classes_of(self.dataset, args.data)
@@ -376,7 +435,9 @@ class Run:
     # -- output ---------------------------------------------------------------------------
 
     def open_run_dir(self) -> None:
-        """Create ``OUT_DIR/NAME___TIMESTAMP`` and the log in it."""
+        """Create ``OUT_DIR/NAME___TIMESTAMP`` and the log in it (rank 0 alone under torchrun)."""
+        if not self.main:
+            return
         name = self.args.name or self.arch
         stamp = datetime.now().strftime("%Y.%m.%d-%H%M%S")
         base = Path(self.args.out_dir) / f"{name}___{stamp}"
@@ -388,11 +449,17 @@ class Run:
         self.run_dir = run_dir
         self.log = open(run_dir / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self.say(f"run folder {run_dir}")
-        self.say(f"{self.arch} on {self.dataset} ({len(self.train_loader.sampler)} training samples of shape "
-                 f"{tuple(self.shape)}), {self.device}, seed {self.seed}")
+        sampler = self.train_loader.sampler
+        self.say(f"{self.arch} on {self.dataset} ({len(getattr(sampler, 'indices', sampler))} training samples of "
+                 f"shape {tuple(self.shape)}), {self.device}, seed {self.seed}")
+        if self.launch is not None:
+            self.say(f"distributed data parallel: {self.launch.world_size} processes ({self.backend}), "
+                     f"{len(sampler)} training samples each; rank 0 writes this folder")
 
     def say(self, line: str = "") -> None:
-        """Print a line and keep it in the run's log."""
+        """Print a line and keep it in the run's log (rank 0 alone under torchrun)."""
+        if not self.main:
+            return
         tqdm.write(line, file=sys.stdout)
         if self.log is not None:
             self.log.write(line + "\n")
@@ -402,14 +469,22 @@ class Run:
         if self.log is not None:
             self.log.close()
             self.log = None
+        if self.group_started:
+            gc.collect()  # DistributedDataParallel's reducer, often held in a reference cycle, goes first
+            torch.distributed.destroy_process_group()
+            self.group_started = False
 
     # -- pieces ---------------------------------------------------------------------------
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` in DistributedDataParallel under torchrun, in DataParallel on several --gpus, else as it is."""
+        if self.launch is not None:
+            return nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return nn.DataParallel(model, device_ids=self.gpu_ids) if len(self.gpu_ids) > 1 else model
 
-    def new_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.parameters(), lr=self.args.lr, momentum=self.args.momentum,
+    def new_optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=self.args.lr if lr is None else lr, momentum=self.args.momentum,
                                weight_decay=self.args.weight_decay)
 
     def load_weights(self, path: str) -> None:
@@ -451,7 +526,7 @@ class Run:
         else:
             epochs = args.epochs if args.kd_teacher_epochs is None else args.kd_teacher_epochs
             self.say(f"training the teacher {args.kd_teacher} for {epochs} epochs")
-            optimizer = self.new_optimizer(teacher)
+            optimizer = self.new_optimizer(teacher, args.kd_teacher_lr)
             sched = hookprune.CompressionScheduler(teacher, optimizer=optimizer)
             trainer = Trainer(self.wrap(runner), optimizer, sched, self.train_loader, self.device,
                               args.print_freq, self.say, label="teacher epoch")
@@ -470,10 +545,18 @@ class Run:
         """The schedule of --compress (or none), plus the --kd-* distillation when the schedule has none."""
         args = self.args
         if args.compress:
-            sched = hookprune.load(args.compress, self.model, optimizer, teacher=teacher)
+            data, _ = read_schedule(args.compress)
+            distillers = data.get("distillers") or {}
+            wants_teacher = any(isinstance(d, Mapping) and "teacher_arch" not in d for d in distillers.values())
+            sched = hookprune.load(args.compress, self.model, optimizer, teacher=teacher if wants_teacher else None)
         else:
             sched = hookprune.CompressionScheduler(self.model, optimizer=optimizer)
         has_distiller = any(isinstance(p, kd.KnowledgeDistillationPolicy) for p in sched.sched_metadata)
+        if self.launch is not None:
+            if has_distiller:
+                raise AppError(f"--compress {args.compress}: the schedule distils knowledge, which is not supported "
+                               "under torchrun; distil in one process")
+            distributed.synchronize_masks(sched)
         if teacher is not None and not has_distiller:
             weights = kd.DistillationLossWeights(args.kd_distill_wt, args.kd_student_wt, args.kd_teacher_wt)
             policy = kd.KnowledgeDistillationPolicy(self.model, teacher, args.kd_temp, weights)
@@ -543,7 +626,8 @@ class Run:
         path = self.args.resume_from or self.args.exp_load_weights_from
         if path:
             self.load_weights(path)
-        print(format_table(sparsity_report(self.model)))
+        if self.main:
+            print(format_table(sparsity_report(self.model)))
         return 0
 
     def resume(self, sched: hookprune.CompressionScheduler, optimizer: torch.optim.Optimizer,
@@ -582,13 +666,18 @@ class Run:
 
     def evaluate_only(self, net: nn.Module) -> int:
         tic = time.perf_counter()
-        scores = evaluate(net, self.test_loader, self.device)
+        scores = evaluate(net, self.test_loader, self.device, self.reduce)
         self.report(scores)
-        assert self.run_dir is not None
-        write_json(self.summary([], None, scores, {"test_s": time.perf_counter() - tic,
-                                                   "total_s": time.perf_counter() - self.started}),
-                   self.run_dir / SUMMARY)
+        if self.run_dir is not None:
+            write_json(self.summary([], None, scores, {"test_s": time.perf_counter() - tic,
+                                                       "total_s": time.perf_counter() - self.started}),
+                       self.run_dir / SUMMARY)
         return 0
+
+    @property
+    def reduce(self) -> bool:
+        """Whether evaluation sums its counts over the ranks (each rank reads its shard of a split)."""
+        return self.launch is not None
 
     def sense(self, net: nn.Module) -> int:
         args = self.args
@@ -604,9 +693,10 @@ class Run:
         self.say(f"sensitivity analysis ({args.sense}) of {len(params)} weights at {len(levels)} levels, "
                  "on the validation split")
         results = sensitivity.perform_sensitivity_analysis(
-            self.model, params, levels, lambda _: astuple(evaluate(net, self.val_loader, self.device)),
-            group=args.sense, progress=True)
-        assert self.run_dir is not None
+            self.model, params, levels, lambda _: astuple(evaluate(net, self.val_loader, self.device, self.reduce)),
+            group=args.sense, progress=self.main)
+        if self.run_dir is None:
+            return 0
         sensitivity.sensitivities_to_csv(results, self.run_dir / "sensitivity.csv")
         sensitivity.sensitivities_to_png(results, self.run_dir / "sensitivity.png")
         width = max(len(p) for p in params)
@@ -626,13 +716,13 @@ class Run:
               teacher: nn.Module | None, start_epoch: int, history: list[dict[str, Any]],
               best: dict[str, Any] | None) -> int:
         args = self.args
-        assert self.run_dir is not None
-        trainer = Trainer(net, optimizer, sched, self.train_loader, self.device, args.print_freq, self.say)
+        trainer = Trainer(net, optimizer, sched, self.train_loader, self.device, args.print_freq, self.say,
+                          reduce=self.reduce, progress=self.main)
         epoch_times: list[float] = []
         for epoch in range(start_epoch, args.epochs):
             tic = time.perf_counter()
             loss = trainer.epoch(epoch, args.epochs)
-            scores = evaluate(net, self.val_loader, self.device)
+            scores = evaluate(net, self.val_loader, self.device, self.reduce)
             lr = optimizer.param_groups[0]["lr"]
             sched.fire("on_epoch_end", epoch=epoch, metrics={"min": scores.loss, "max": scores.top1})
             rows = sparsity_report(self.model)
@@ -644,32 +734,45 @@ class Run:
             is_best = best is None or best_key(entry) >= best_key(best)
             if is_best:
                 best = entry
-            extras: dict[str, Any] = {"history": history, "seed": self.seed, "dataset": self.dataset,
-                                      "rng": rng_state(self.device), "schedule": self.schedule_record()}
-            if self.teacher_model is not None:
-                extras["kd_teacher"] = self.teacher_model.state_dict()
-            save_checkpoint(epoch, self.arch, self.model, optimizer, sched, extras, is_best=is_best,
-                            name=args.name or self.arch, dir=self.run_dir)
+            if self.run_dir is not None:
+                extras: dict[str, Any] = {"history": history, "seed": self.seed, "dataset": self.dataset,
+                                          "rng": rng_state(self.device), "schedule": self.schedule_record()}
+                if self.teacher_model is not None:
+                    extras["kd_teacher"] = self.teacher_model.state_dict()
+                save_checkpoint(epoch, self.arch, self.model, optimizer, sched, extras, is_best=is_best,
+                                name=args.name or self.arch, dir=self.run_dir)
             epoch_times.append(time.perf_counter() - tic)
             parts = ", ".join(f"{name} {value:.4f}" for name, value in
                               {"objective": loss.objective, **loss.components}.items())
             self.say(f"epoch {epoch + 1}/{args.epochs}  loss {loss.total:.4f} ({parts})  val top-1 {scores.top1:.2f}%"
                      f"  top-5 {scores.top5:.2f}%  loss {scores.loss:.4f}  sparsity {sparsity:.2f}%  lr {lr:.5g}  "
                      f"{epoch_times[-1]:.1f} s")
-            write_json(self.summary(history, best, None, {"epoch_s": epoch_times}), self.run_dir / SUMMARY)
+            if self.run_dir is not None:
+                write_json(self.summary(history, best, None, {"epoch_s": epoch_times}), self.run_dir / SUMMARY)
+        if self.launch is not None:
+            count = distributed.verify_masks(sched)
+            self.say(f"masks identical on all {self.launch.world_size} ranks ({count} masks compared)")
         tic = time.perf_counter()
-        test = evaluate(net, self.test_loader, self.device)
+        test = evaluate(net, self.test_loader, self.device, self.reduce)
         self.report(test)
         if best is not None:
             self.say(f"best epoch {best['epoch'] + 1}: val top-1 {best['val_top1']:.2f}%, {best['nonzeros']} non-zero "
                      f"weights ({best['sparsity']:.2f}% sparsity)")
         timings = {"epoch_s": epoch_times, "test_s": time.perf_counter() - tic,
                    "total_s": time.perf_counter() - self.started}
+        if self.run_dir is None:
+            return 0
         write_json(self.summary(history, best, test, timings), self.run_dir / SUMMARY)
         if history:
             plot_training(history, self.run_dir / "training.png")
         self.say(f"summary: {self.run_dir / SUMMARY}")
         return 0
+
+
+def rank_prefix() -> str:
+    """``rank N: `` for a process of a torchrun job other than rank 0, whose errors would otherwise go unattributed."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank in ("", "0") else f"rank {rank}: "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -681,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = Run(args)
         return run.run()
     except ValueError as exc:  # ScheduleError, DataError, CheckpointError, ArgumentError, AppError
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {rank_prefix()}{' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -692,6 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if run is not None:
             run.close()
+        elif distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ Splits never move with the seed: a permutation from a generator seeded 0 decides
 validate. The train loader's order, its workers' seeds and every random augmentation are pure functions of
 ``(seed, epoch)`` once :func:`set_epoch` names the epoch, whatever the number of workers, and no loader
 draws from the global random number generator, so an interrupted run resumes bit for bit.
+
+For distributed data parallel training, ``num_replicas`` and ``rank`` shard every split: each rank reads
+every ``num_replicas``-th sample from position ``rank`` of the order all ranks share. The training shards
+are padded to the same length (by repeating the order's first samples, as ``DistributedSampler`` does), so
+every rank takes the same number of steps; the evaluation shards are not, so that summing counts over the
+ranks counts every sample exactly once.
 """
 
 from __future__ import annotations
@@ -138,22 +144,41 @@ class _View(Dataset):
 
 
 class _SplitSampler(Sampler[int]):
-    """The indices of one split: in their given order, or shuffled as a pure function of ``(seed, epoch)``."""
+    """The indices of one split: in their given order, or shuffled as a pure function of ``(seed, epoch)``.
 
-    def __init__(self, indices: torch.Tensor, seed: int, shuffle: bool) -> None:
+    With ``num_replicas`` above 1, the shard of ``rank``: every ``num_replicas``-th index of that order from
+    position ``rank``, after padding the order to a multiple of ``num_replicas`` when ``pad`` is set.
+    """
+
+    def __init__(self, indices: torch.Tensor, seed: int, shuffle: bool, num_replicas: int = 1, rank: int = 0,
+                 pad: bool = False) -> None:
         self.indices = indices
         self.seed = seed
         self.shuffle = shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad = pad
         self.epoch = 0
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(self.indices.tolist())
-        generator = torch.Generator().manual_seed(_derive(self.seed, self.epoch, _ORDER))
-        return iter(self.indices[torch.randperm(len(self.indices), generator=generator)].tolist())
+        order = self.indices
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_derive(self.seed, self.epoch, _ORDER))
+            order = order[torch.randperm(len(order), generator=generator)]
+        if self.num_replicas > 1:
+            if self.pad and len(order):
+                total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
+                order = order.repeat(math.ceil(total / len(order)))[:total]
+            order = order[self.rank::self.num_replicas]
+        return iter(order.tolist())
 
     def __len__(self) -> int:
-        return len(self.indices)
+        n = len(self.indices)
+        if self.num_replicas == 1:
+            return n
+        if self.pad:
+            return math.ceil(n / self.num_replicas)
+        return len(range(self.rank, n, self.num_replicas))
 
 
 class _LocalCIFAR10(datasets.CIFAR10):
@@ -426,14 +451,16 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     sampler.epoch = epoch
     if isinstance(loader.dataset, _View):
         loader.dataset.epoch = epoch
-    generator.manual_seed(_derive(sampler.seed, epoch, _WORKERS))
+    parts = (sampler.seed, epoch, _WORKERS) + ((sampler.rank,) if sampler.num_replicas > 1 else ())
+    generator.manual_seed(_derive(*parts))
 
 
 def _loader(view: Dataset, indices: torch.Tensor, *, shuffle: bool, seed: int, batch_size: int, workers: int,
-            deterministic: bool) -> DataLoader:
-    loader = DataLoader(view, batch_size=batch_size, sampler=_SplitSampler(indices, seed, shuffle),
-                        num_workers=workers, pin_memory=torch.cuda.is_available(),
-                        worker_init_fn=_seed_worker if deterministic else None, generator=torch.Generator())
+            deterministic: bool, num_replicas: int, rank: int) -> DataLoader:
+    sampler = _SplitSampler(indices, seed, shuffle, num_replicas, rank, pad=shuffle)
+    loader = DataLoader(view, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=torch.cuda.is_available(), worker_init_fn=_seed_worker if deterministic else None,
+                        generator=torch.Generator())
     set_epoch(loader, 0)
     return loader
 
@@ -441,6 +468,7 @@ def _loader(view: Dataset, indices: torch.Tensor, *, shuffle: bool, seed: int, b
 def load_data(dataset: str, arch: str, data_dir: str | os.PathLike | None = None, batch_size: int = 32,
               workers: int = 0, validation_split: float = 0.1, deterministic: bool = False, seed: int = 0,
               effective_train_size: float = 1.0, effective_valid_size: float = 1.0, effective_test_size: float = 1.0,
+              num_replicas: int = 1, rank: int = 0,
               ) -> tuple[DataLoader, DataLoader | None, DataLoader, tuple[int, ...]]:
     """Loaders of ``dataset`` shaped for ``arch``: ``(train, validation, test, input_shape)``.
 
@@ -449,11 +477,16 @@ def load_data(dataset: str, arch: str, data_dir: str | os.PathLike | None = None
     ``effective_*_size`` keeps a fixed leading fraction of a split. ``input_shape`` is one sample's shape,
     batch dimension excluded. The train loader shuffles as a pure function of ``(seed, epoch)``, see
     :func:`set_epoch`; the others keep a fixed order. ``deterministic`` also seeds python's and numpy's
-    generators in every worker from its torch seed.
+    generators in every worker from its torch seed. ``num_replicas`` > 1 gives loaders of the shard of
+    ``rank`` (training shards padded to equal lengths, evaluation shards not; see the module's notes).
     """
     _check_dataset(dataset)
     _check_count("batch_size", batch_size, 1)
     _check_count("workers", workers, 0)
+    _check_count("num_replicas", num_replicas, 1)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+        raise DataError(f"rank must be an integer in [0, {num_replicas - 1}] for num_replicas {num_replicas}, "
+                        f"got {rank!r}")
     _check_number("validation_split", validation_split, 0, 1, low_open=False, high_open=True)
     for split, size in (("train", effective_train_size), ("valid", effective_valid_size),
                         ("test", effective_test_size)):
@@ -475,7 +508,8 @@ def load_data(dataset: str, arch: str, data_dir: str | os.PathLike | None = None
     if validation_split > 0 and n_valid == 0:
         raise DataError(f"{dataset}: validation_split {validation_split} of {len(source.pool)} training samples "
                         "keeps none for validation; use 0 for no validation split")
-    options: dict[str, Any] = dict(seed=seed, batch_size=batch_size, workers=workers, deterministic=deterministic)
+    options: dict[str, Any] = dict(seed=seed, batch_size=batch_size, workers=workers, deterministic=deterministic,
+                                   num_replicas=num_replicas, rank=rank)
     train = _leading(dataset, source.pool[n_valid:], effective_train_size, "train")
     train_loader = _loader(source.train, train, shuffle=True, **options)
     valid_loader = None

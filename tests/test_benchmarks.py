@@ -1,0 +1,68 @@
+"""The overhead benchmark: its smoke run passes its own correctness checks, and the checks catch a wrong mask."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
+
+
+@pytest.fixture(scope="module")
+def overhead():
+    spec = importlib.util.spec_from_file_location("hookprune_benchmark_overhead", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def table_row(out: str, model: str, variant: str) -> list[str]:
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 3 and cells[1] == model and cells[2] == variant:
+            return cells
+    raise AssertionError(f"no row for {model} / {variant} in:\n{out}")
+
+
+def test_quick_run_passes_its_checks_and_reports_one_byte_per_masked_element(overhead, capsys):
+    assert overhead.main(["--quick", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Correctness problems" not in out
+    # bytes held beyond the plain loop, per masked element: bool masks; a float mask, the recomputed
+    # weight and the bool mask custom_from_mask keeps; the sparsifier's float mask; Distiller's float mask
+    held = {variant: table_row(out, "lenet300_100", variant)[5] for variant in overhead.VARIANTS[1:]}
+    assert held == {"hookprune": "1.00", "hookprune masks only": "1.00", "torch.nn.utils.prune": "9.00",
+                    "torch.ao.pruning": "4.00", "distiller float masks": "4.00"}
+    assert "| 5 | active |" in out and "| 20 | inactive |" in out
+
+
+def test_sparsity_check_reports_a_revived_weight_and_a_wrong_count(overhead):
+    work = overhead.make_workload("lenet300_100", torch.device("cpu"))
+    variants, masks = overhead.build_variants(work)
+    for variant in variants:
+        variant.step()
+    sparsity = overhead.target_sparsity()
+    assert overhead.sparsity_problems(variants, masks, sparsity) == []
+    distiller = next(v for v in variants if v.name == "distiller float masks")
+    pruned = (~masks["fc2.weight"]).nonzero()[0].tolist()
+    with torch.no_grad():
+        distiller.model.fc2.weight[tuple(pruned)] = 1.0
+    zeroed = int((~masks["fc2.weight"]).sum())
+    assert overhead.sparsity_problems(variants, masks, sparsity) == [
+        f"lenet300_100 distiller float masks: fc2.weight differs from its mask at 1 elements ({zeroed - 1} zeros, "
+        f"the mask {zeroed})"]
+    assert overhead.sparsity_problems([], masks, 0.5)[0].startswith("the mask of fc1.weight zeroes ")
+
+
+def test_held_bytes_counts_each_storage_once(overhead):
+    weight = torch.zeros(100)
+    holder = {"a": weight, "b": weight[:10], "c": [torch.zeros(25, dtype=torch.bool)]}
+    assert overhead.held_bytes([holder]) == 400 + 25
