@@ -66,6 +66,12 @@ def _plugins(args: argparse.Namespace) -> int:
         hooks = ", ".join(plugins.hookimpl_names(plugin.obj))
         print(f"  {plugin.provider.name:<{width}}  {plugin.provider.label:<{label_width}} {plugin.provider.value}"
               f"  hooks: {hooks}")
+    print(f"Trainer integrations (entry point group '{plugins.INTEGRATIONS_GROUP}'):")
+    integrations = plugins.integration_providers()
+    if not integrations:
+        print("  none")
+    for provider in integrations:
+        print(f"  {provider.name:<{width}}  {provider.label:<{label_width}} {provider.value}")
     return 0
 
 
@@ -77,7 +83,8 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("schedule", help="a schedule YAML file (Distiller's format)")
     check.add_argument("--arch", "-a", required=True, help="architecture name (torchvision or the zoo)")
     check.set_defaults(func=_check)
-    plugins_cmd = sub.add_parser("plugins", help="list installed schedule classes and hook plugins")
+    plugins_cmd = sub.add_parser("plugins",
+                                 help="list installed schedule classes, hook plugins and trainer integrations")
     plugins_cmd.set_defaults(func=_plugins)
     return parser
 

@@ -24,6 +24,8 @@ from hookprune.errors import ScheduleError, Where, suggest
 
 CLASSES_GROUP = "hookprune.classes"
 PLUGINS_GROUP = "hookprune"
+#: trainer integrations (callbacks for other frameworks' training loops): listed, never loaded
+INTEGRATIONS_GROUP = "hookprune.integrations"
 DISABLE_AUTOLOAD_ENV = "HOOKPRUNE_DISABLE_PLUGIN_AUTOLOAD"
 HOOK_NAMES: tuple[str, ...] = tuple(
     name for name, fn in vars(hookspecs).items()
@@ -69,6 +71,11 @@ def _providers(group: str) -> list[Provider]:
 
 
 @functools.cache
+def integration_providers() -> list[Provider]:
+    """The installed trainer integrations (entry point group ``hookprune.integrations``), by name."""
+    return sorted(_providers(INTEGRATIONS_GROUP), key=lambda p: p.name)
+
+
 def class_providers() -> dict[str, tuple[Provider, ...]]:
     """Every class name installed distributions offer, with who offers it."""
     index: dict[str, list[Provider]] = {}

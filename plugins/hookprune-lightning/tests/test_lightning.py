@@ -276,3 +276,15 @@ def test_losses_from_a_training_step_dict_get_the_terms():
     _, module, _ = fit(L1_SCHEDULE, 4, module=DictStep())
     reference, _, _ = plain_loop(L1_SCHEDULE, 4)
     assert_same_weights(module.model, reference)
+
+
+def test_hookprune_plugins_lists_this_integration_with_its_distribution(capsys):
+    from importlib.metadata import version
+
+    from hookprune.cli import main
+
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = lines[lines.index("Trainer integrations (entry point group 'hookprune.integrations'):") + 1:]
+    expected = ["lightning", "hookprune-lightning", version("hookprune-lightning")]
+    assert any(line.split()[:3] == expected for line in listed), listed

@@ -322,3 +322,15 @@ def test_resume_without_the_schedules_state_is_refused(tmp_path):
     with pytest.raises(HookpruneSetupError, match=rf"resumes at global step {BATCHES}, but .*{STATE_FILE}' does not "
                                                   "exist, so the masks and the schedule's progress would be lost"):
         resumed.train(resume_from_checkpoint=True)
+
+
+def test_hookprune_plugins_lists_this_integration_with_its_distribution(capsys):
+    from importlib.metadata import version
+
+    from hookprune.cli import main
+
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = lines[lines.index("Trainer integrations (entry point group 'hookprune.integrations'):") + 1:]
+    expected = ["transformers", "hookprune-transformers", version("hookprune-transformers")]
+    assert any(line.split()[:3] == expected for line in listed), listed
