@@ -23,11 +23,18 @@ def _check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"hookprune check: {exc}", file=sys.stderr)
         return 2
+    teacher = None
+    if args.teacher is not None:
+        try:
+            teacher = models.create_model(args.teacher, device="meta")
+        except ValueError as exc:
+            print(f"hookprune check: --teacher: {exc}", file=sys.stderr)
+            return 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ScheduleWarning)
-            sched = build(args.schedule, model, optimizer)
+            sched = build(args.schedule, model, optimizer, teacher=teacher)
         for warning in caught:
             if issubclass(warning.category, ScheduleWarning):
                 print(f"warning: {warning.message}", file=sys.stderr)
@@ -82,6 +89,8 @@ def make_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a schedule against an architecture without training")
     check.add_argument("schedule", help="a schedule YAML file (Distiller's format)")
     check.add_argument("--arch", "-a", required=True, help="architecture name (torchvision or the zoo)")
+    check.add_argument("--teacher", metavar="ARCH",
+                       help="the teacher architecture a 'distillers:' entry without teacher_arch receives")
     check.set_defaults(func=_check)
     plugins_cmd = sub.add_parser("plugins",
                                  help="list installed schedule classes, hook plugins and trainer integrations")

@@ -430,3 +430,20 @@ def test_a_small_student_distilled_from_lenet_beats_the_same_student_trained_alo
     finally:
         torch.set_num_threads(threads)
     assert sum(distilled) / 3 >= sum(alone) / 3, (distilled, alone)
+
+
+def test_check_gives_a_teacherless_distiller_the_teacher_architecture(tmp_path, capsys):
+    from hookprune import cli
+
+    schedule = tmp_path / "kd.yaml"
+    schedule.write_text("version: 1\ndistillers:\n  kd: {temperature: 4.0}\n"
+                        "policies:\n  - distiller: {instance_name: kd}\n    starting_epoch: 0\n    ending_epoch: 3\n")
+    assert cli.main(["check", str(schedule), "--arch", "lenet300_100", "--teacher", "simplenet_mnist"]) == 0
+    assert capsys.readouterr().out == f"{schedule}: ok (1 instance, epochs 0..2, arch lenet300_100)\n"
+
+    assert cli.main(["check", str(schedule), "--arch", "lenet300_100"]) == 1
+    assert "3:3: distillers.kd (KnowledgeDistillationPolicy): no teacher" in capsys.readouterr().err
+
+    assert cli.main(["check", str(schedule), "--arch", "lenet300_100", "--teacher", "simplenet"]) == 2
+    assert capsys.readouterr().err == ("hookprune check: --teacher: unknown architecture 'simplenet' (did you mean "
+                                       "'simplenet_mnist', 'simplenet_cifar' or 'mobilenet'?)\n")

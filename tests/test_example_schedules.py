@@ -173,9 +173,9 @@ def test_header_command_runs_this_schedule_on_the_named_architecture(path):
 def test_schedule_passes_the_check_on_its_architecture(path, capsys):
     s = setup(path)
     assert s.sched.instances
-    if s.args.kd_teacher is None:
-        assert cli.main(["check", str(path), "--arch", header(path).arch]) == 0
-        assert capsys.readouterr().out.startswith(f"{path}: ok (")
+    teacher = [] if s.args.kd_teacher is None else ["--teacher", s.args.kd_teacher]
+    assert cli.main(["check", str(path), "--arch", header(path).arch, *teacher]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: ok (")
 
 
 def final_levels(s: Setup) -> dict[str, tuple[int, int | None]]:
