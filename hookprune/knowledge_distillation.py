@@ -31,10 +31,11 @@ The loop then calls ``hookprune.knowledge_distillation.forward(sched, x)`` (the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from collections import namedtuple
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -219,6 +220,41 @@ def forward(scheduler: CompressionScheduler, *inputs: Any) -> Any:
     if active:
         return active[0].forward(*inputs)
     return scheduler.model(*inputs)
+
+
+@contextlib.contextmanager
+def routed_forward(scheduler: CompressionScheduler, model: torch.nn.Module, hint: str = "") -> Iterator[None]:
+    """Inside the block, a call of ``model`` runs through :func:`forward`, so the active distiller runs the
+    teacher beside it; calls ``model`` makes of itself inside that call run as usual.
+
+    For trainers that call the model in their own code (Lightning's ``training_step``, transformers'
+    ``compute_loss``). Inputs must be positional; ``hint`` ends the error raised for keyword inputs.
+    """
+    own = model.__dict__.get("forward")
+    original = model.forward
+    inside = False
+
+    def routed(*inputs: Any, **kwargs: Any) -> Any:
+        nonlocal inside
+        if inside:
+            return original(*inputs, **kwargs)
+        if kwargs:
+            raise TypeError("knowledge distillation runs the teacher on the student's inputs, which must be "
+                            f"positional; the student was called with keyword arguments {sorted(kwargs)}{hint}")
+        inside = True
+        try:
+            return forward(scheduler, *inputs)
+        finally:
+            inside = False
+
+    model.forward = routed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

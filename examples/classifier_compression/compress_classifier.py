@@ -49,6 +49,7 @@ from hookprune.apputils.checkpoint import (
 )
 from hookprune.apputils.data_loaders import DATASETS, classes_of, input_adapter, load_data, sample_shape, set_epoch
 from hookprune.errors import suggest
+from hookprune.params import normalize_name
 from hookprune.source import read_schedule
 from hookprune.sparsity import format_table, sparsity_report, total_sparsity
 
@@ -498,7 +499,7 @@ class Run:
         state = model_state(checkpoint, path)
         own = self.model.state_dict()
         if set(own).isdisjoint(state):
-            state = {k.replace("module.", ""): v for k, v in state.items()}
+            state = {normalize_name(k): v for k, v in state.items()}
         try:
             self.model.load_state_dict(state)
         except RuntimeError as exc:

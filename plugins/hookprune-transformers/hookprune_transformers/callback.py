@@ -259,32 +259,9 @@ class HookpruneCallback(TrainerCallback):
         if not self._distills or model is None or sched is None:
             yield
             return
-        own = model.__dict__.get("forward")
-        original = model.forward
-        inside = False
-
-        def forward(*inputs: Any, **kwargs: Any) -> Any:
-            nonlocal inside
-            if inside:
-                return original(*inputs, **kwargs)
-            if kwargs:
-                raise TypeError("knowledge distillation runs the teacher on the student's inputs, which must be "
-                                f"positional; the student was called with keyword arguments {sorted(kwargs)} (give "
-                                "HookpruneCallback(submodule=...) the network the model calls positionally)")
-            inside = True
-            try:
-                return kd.forward(sched, *inputs)
-            finally:
-                inside = False
-
-        model.forward = forward  # type: ignore[method-assign]
-        try:
+        with kd.routed_forward(
+                sched, model, " (give HookpruneCallback(submodule=...) the network the model calls positionally)"):
             yield
-        finally:
-            if own is None:
-                del model.forward
-            else:
-                model.forward = own
 
     # -- checkpoints --------------------------------------------------------------------------
 
