@@ -179,7 +179,8 @@ def _changed(now: Mapping[str, torch.Tensor], seen: Mapping[str, torch.Tensor]) 
 class MaskSynchronizer:
     """Keeps a scheduler's masks identical on every rank by broadcasting rank ``src``'s.
 
-    The scheduler calls :meth:`note_change` when instance hooks are about to run (they may set masks) and
+    The scheduler calls :meth:`note_change` when instance hooks that may set masks are about to run (all but
+    those of plugins declaring ``sets_masks = False``) and
     :meth:`sync_point` just before it applies masks; a sync point after a change exchanges one flag and, when
     some rank's masks changed, broadcasts the changed masks from ``src``. Both calls depend only on the schedule,
     so every rank reaches the same collectives. Masks assigned outside hooks must be followed by
@@ -194,6 +195,8 @@ class MaskSynchronizer:
         self.src = src
         #: how many times masks went from ``src`` to the other ranks
         self.broadcasts = 0
+        #: how many sync points exchanged the changed-masks flag (one small all-reduce each)
+        self.exchanges = 0
         self._seen: dict[str, torch.Tensor] = {}
         self._pending = True
 
@@ -219,6 +222,7 @@ class MaskSynchronizer:
         changed = _changed(current, self._seen)
         flag = torch.tensor([int(bool(changed))], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        self.exchanges += 1
         if not int(flag):
             self._seen = current
             return []

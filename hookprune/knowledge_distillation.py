@@ -115,6 +115,8 @@ class KnowledgeDistillationPolicy(Policy):
     the labels, so there is no teacher-vs-labels loss to add; train or fine-tune the teacher beforehand.
     """
 
+    sets_masks = False
+
     def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, temperature: float = 1.0,
                  loss_weights: DistillationLossWeights = DEFAULT_LOSS_WEIGHTS) -> None:
         super().__init__()

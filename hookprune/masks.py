@@ -15,6 +15,7 @@ import torch
 from hookprune.params import ParamIndex
 
 _FLAGS = ("mask_on_forward_only", "use_double_copies", "mask_gradients")
+_FORWARD = "forward"
 _UNSET = object()
 
 
@@ -195,14 +196,21 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         """Apply every mask again before the next forward pass (after loading state, say)."""
         self._dirty.update(self._masks)
 
-    def _flagged(self, flag: str) -> list[str]:
-        """The masked parameters whose masker has ``flag`` set, in mask order (cached)."""
+    def _flags(self) -> dict[str, list[str]]:
+        """For each masker option, the masked parameters that have it set, in mask order; under ``_FORWARD``,
+        those with either option applied before a forward pass (cached until a mask or an option changes)."""
         lists = self._flag_lists
         if lists is None:
             maskers = self.maskers._maskers
-            lists = self._flag_lists = {f: [name for name in self._masks if getattr(maskers[name], f)]
-                                        for f in _FLAGS}
-        return lists[flag]
+            lists = {f: [name for name in self._masks if getattr(maskers[name], f)] for f in _FLAGS}
+            lists[_FORWARD] = [name for name in self._masks
+                               if maskers[name].mask_on_forward_only or maskers[name].use_double_copies]
+            self._flag_lists = lists
+        return lists
+
+    def _flagged(self, flag: str) -> list[str]:
+        """The masked parameters whose masker has ``flag`` set, in mask order (cached)."""
+        return self._flags()[flag]
 
     @staticmethod
     def _fused_mul(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
@@ -227,18 +235,14 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
     def apply_pending(self, forward_policies_active: bool) -> None:
         """Before a forward pass: apply new masks, and forward-only / double-copy masks while a
         pruning policy is active."""
-        if forward_policies_active:
-            forward_only, double = self._flagged("mask_on_forward_only"), self._flagged("use_double_copies")
-            if not self._dirty and not forward_only and not double:
-                return
-            names = set(self._dirty)
-            names.update(forward_only)
-            names.update(double)
-        elif not self._dirty:
+        if not forward_policies_active:
+            if self._dirty:
+                self.apply([n for n in self._masks if n in self._dirty])
             return
-        else:
-            names = set(self._dirty)
-        self.apply([n for n in self._masks if n in names])
+        forward = self._flags()[_FORWARD]
+        if self._dirty or forward:
+            names = self._dirty.union(forward)
+            self.apply([n for n in self._masks if n in names])
 
     def apply_after_step(self) -> None:
         """After ``optimizer.step()``: re-mask every weight except forward-only ones, fused."""
@@ -277,6 +281,15 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         option changes)."""
         self._groups = None
         self._flag_lists = None
+
+    def before_optimizer_step(self) -> None:
+        """Between backward and ``optimizer.step()``: mask gradients, then restore double copies, for the
+        maskers with those options (nothing to do, and nearly free, when none has them)."""
+        lists = self._flags()
+        if lists["mask_gradients"]:
+            self.mask_gradients()
+        if lists["use_double_copies"]:
+            self.revert_double_copies()
 
     def mask_gradients(self) -> None:
         """Zero the gradients of masked elements for maskers with ``mask_gradients``."""

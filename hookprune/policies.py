@@ -83,6 +83,8 @@ class Policy:
 
     #: True for LR-scheduler policies, which run after every other instance in an event.
     runs_last = False
+    #: False for policies whose hooks never assign a mask (see ``sets_masks`` in the plugin author's guide).
+    sets_masks = True
 
     def __init__(self) -> None:
         self.meta: dict[str, Any] = {}
@@ -92,6 +94,11 @@ class Policy:
         """Called by ``add_policy`` with the epochs this policy covers."""
         self.window = window
         self.meta.update(window.meta())
+
+    def idle_hooks(self) -> set[str]:
+        """The hooks this policy implements that would do nothing with its arguments; the scheduler leaves them
+        out of its dispatch, asking again whenever it builds an epoch's table."""
+        return set()
 
     def _enter(self, scheduler: CompressionScheduler, epoch: int) -> dict[str, Any]:
         self.meta["current_epoch"] = epoch
@@ -175,6 +182,15 @@ class PruningPolicy(Policy):
             self._bn_followers = batchnorm_followers(model)
         return self._bn_followers
 
+    def idle_hooks(self) -> set[str]:
+        """The minibatch hooks, unless the arguments prune within an epoch or discard masks after each step."""
+        idle = set()
+        if not self.args.mini_batch_pruning_frequency and not self.args.skip_first_minibatch:
+            idle.add("on_minibatch_begin")
+        if not self.args.discard_masks_at_minibatch_end:
+            idle.add("on_minibatch_end")
+        return idle
+
     @hookimpl
     def on_epoch_begin(self, scheduler: CompressionScheduler, epoch: int) -> None:
         self._enter(scheduler, epoch)
@@ -235,6 +251,7 @@ class LRPolicy(Policy):
     did; ``ReduceLROnPlateau`` reads ``metrics[mode]`` (``metrics['min']`` is the validation loss)."""
 
     runs_last = True
+    sets_masks = False
     _EPOCH_ARG_DEPRECATED = r"(?s).*epoch parameter.*"
 
     def __init__(self, lr_scheduler: Any) -> None:
@@ -333,6 +350,8 @@ class QuantizationPolicy(Policy):
     """Drives a Distiller-style quantizer: ``prepare_model()`` once, ``quantize_params()`` now and
     after every optimizer step of its window."""
 
+    sets_masks = False
+
     def __init__(self, quantizer: Any) -> None:
         super().__init__()
         self.quantizer = quantizer
@@ -359,6 +378,14 @@ class DistillerPolicyAdapter(Policy):
     def __init__(self, policy: Any) -> None:
         super().__init__()
         self.policy = policy
+
+    _METHODS = {"on_epoch_begin": "on_epoch_begin", "on_minibatch_begin": "on_minibatch_begin",
+                "before_backward": "before_backward_pass", "before_optimizer_step": "before_parameter_optimization",
+                "on_minibatch_end": "on_minibatch_end", "on_epoch_end": "on_epoch_end"}
+
+    def idle_hooks(self) -> set[str]:
+        """The hooks whose Distiller method the wrapped policy lacks."""
+        return {hook for hook, method in self._METHODS.items() if not callable(getattr(self.policy, method, None))}
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.policy, method, None)

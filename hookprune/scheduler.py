@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -39,9 +40,11 @@ from hookprune.policies import (
 )
 from hookprune.sparsity import LayerSparsity, sparsity_report, total_sparsity
 
-_EVENTS = {e.value: e for e in Event}
-#: the keyword arguments each event takes from the loop, as sets (one comparison per call)
-_ARG_SETS = {ev: frozenset(args) for ev, args in EVENT_ARGS.items()}
+#: event name -> (the event, the keyword arguments it takes from the loop as a set); an Event hashes and
+#: compares as its name, so one lookup serves both spellings
+_EVENTS = {e.value: (e, frozenset(EVENT_ARGS[e])) for e in Event}
+#: a table key: ``table[_SETS_MASKS, hook]`` is True when some hook called for ``hook`` may assign masks
+_SETS_MASKS = "sets_masks"
 #: the events as module constants: an enum class attribute lookup costs more than the comparison
 (_EPOCH_BEGIN, _MINIBATCH_BEGIN, _BEFORE_BACKWARD, _BEFORE_OPTIMIZER_STEP, _MINIBATCH_END,
  _EPOCH_END) = (Event.ON_EPOCH_BEGIN, Event.ON_MINIBATCH_BEGIN, Event.BEFORE_BACKWARD,
@@ -54,7 +57,11 @@ class _Entry:
     label: str
     windows: list[Window] | None
     runs_last: bool = False
+    #: False when the plugin declares (``sets_masks = False``) that its hooks never assign a mask
+    sets_masks: bool = True
     impls: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], int]]] = field(default_factory=dict)
+    #: hooks the plugin has implemented but declared idle (see :meth:`hookprune.policies.Policy.idle_hooks`)
+    idle: frozenset[str] = frozenset()
 
     def active(self, epoch: int) -> bool:
         return self.windows is None or any(epoch in w for w in self.windows)
@@ -138,7 +145,8 @@ class CompressionScheduler:
         if not registered:
             self.pm.register(plugin, name=f"{label}@{next(self._counter)}")
             self.pm.check_pending()
-        entry = _Entry(plugin, label, windows, runs_last=bool(getattr(plugin, "runs_last", False)))
+        entry = _Entry(plugin, label, windows, runs_last=bool(getattr(plugin, "runs_last", False)),
+                       sets_masks=getattr(plugin, "sets_masks", True) is not False)
         for hook_name in HOOK_NAMES:
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 if impl.plugin is plugin:
@@ -154,12 +162,16 @@ class CompressionScheduler:
         scheduled = [e for e in active if e.windows is not None]
         ordered = ([e for e in scheduled if not e.runs_last] + [e for e in scheduled if e.runs_last]
                    + [e for e in active if e.windows is None])
+        for entry in ordered:
+            if isinstance(entry.plugin, Policy):
+                entry.idle = frozenset(entry.plugin.idle_hooks())
         table = {"pruning_active": any(isinstance(e.plugin, PruningPolicy) for e in active)}
         for hook_name in HOOK_NAMES:
-            calls = [(rank, fn, argnames, entry) for entry in ordered
+            calls = [(rank, fn, argnames, entry) for entry in ordered if hook_name not in entry.idle
                      for fn, argnames, rank in entry.impls.get(hook_name, ())]
             calls.sort(key=lambda c: c[0])
-            table[hook_name] = [(fn, argnames, entry) for _, fn, argnames, entry in calls]
+            table[hook_name] = [(fn, _getter(argnames), len(argnames), entry) for _, fn, argnames, entry in calls]
+            table[_SETS_MASKS, hook_name] = any(entry.sets_masks for *_, entry in calls)
         self._tables[epoch] = table
         return table
 
@@ -175,71 +187,77 @@ class CompressionScheduler:
     # -- firing -----------------------------------------------------------------------------
 
     def fire(self, event: str | Event, /, **kwargs: Any) -> Any:
-        """Fire ``event`` with the loop's arguments; returns the loss for ``before_backward``."""
-        ev = _EVENTS.get(event.value if isinstance(event, Event) else event)
-        if ev is None:
+        """Fire ``event`` with the loop's arguments; returns the loss for ``before_backward``.
+
+        This runs four times per minibatch, so it does only what the event needs: the hooks of the instances
+        active in this epoch (a table built once per epoch) and the mask work of the event.
+        """
+        spec = _EVENTS.get(event) if isinstance(event, str) else None
+        if spec is None:
             raise ValueError(f"unknown event {event!r}; events are: {', '.join(_EVENTS)}")
+        ev, expected = spec
         optimizer = kwargs.pop("optimizer", None)
         if optimizer is None:
             optimizer = self.optimizer
         if ev is _EPOCH_END and kwargs.get("metrics") is None:
             kwargs["metrics"] = {}
-        if kwargs.keys() != _ARG_SETS[ev]:
-            needed = EVENT_ARGS[ev]
-            missing = [a for a in needed if a not in kwargs]
-            extra = [a for a in kwargs if a not in needed]
-            raise TypeError(f"fire('{ev.value}') needs {', '.join(needed)} (and optionally optimizer)"
-                            + (f"; missing {', '.join(missing)}" if missing else "")
-                            + (f"; unexpected {', '.join(extra)}" if extra else ""))
+        if kwargs.keys() != expected:
+            raise _argument_error(ev, kwargs)
         epoch = kwargs["epoch"]
-        table = self._table(epoch)
-        kwargs["scheduler"] = self
-        kwargs["model"] = self.model
-        kwargs["optimizer"] = optimizer
-        name = ev.value
-        calls = table[name]
+        table = self._tables.get(epoch)
+        if table is None:
+            table = self._table(epoch)
+        calls = table[ev]
+        if calls:
+            kwargs["scheduler"] = self
+            kwargs["model"] = self.model
+            kwargs["optimizer"] = optimizer
         sync = self.mask_sync
-        if ev is _EPOCH_BEGIN:
-            self.epoch = epoch
-        elif ev is _MINIBATCH_END:
+        if ev is _MINIBATCH_END:
             if sync is not None:
                 sync.sync_point()
             self.masks.apply_after_step()
-        if sync is not None and calls:
+        elif ev is _EPOCH_BEGIN:
+            self.epoch = epoch
+        if sync is not None and calls and table[_SETS_MASKS, ev]:
             sync.note_change()
         if ev is _BEFORE_BACKWARD:
             return self._before_backward(calls, kwargs)
         if calls:
-            self._run(name, calls, kwargs)
+            self._run(ev, calls, kwargs)
         if ev is _MINIBATCH_BEGIN:
             if sync is not None:
                 sync.sync_point()
             self.masks.apply_pending(table["pruning_active"])
         elif ev is _BEFORE_OPTIMIZER_STEP:
-            self.masks.mask_gradients()
-            self.masks.revert_double_copies()
+            self.masks.before_optimizer_step()
         return None
 
     @staticmethod
-    def _run(name: str, calls: list[Any], args: dict[str, Any]) -> list[tuple[_Entry, Any]]:
-        results = []
-        for fn, argnames, entry in calls:
+    def _run(name: str, calls: list[Any], args: dict[str, Any],
+             results: list[tuple[_Entry, Any]] | None = None) -> None:
+        """Call each hook with its arguments; non-None results go to ``results`` when given."""
+        for fn, getter, arity, entry in calls:
             try:
-                result = fn(*[args[a] for a in argnames])
+                result = fn(*getter(args)) if arity > 1 else fn(getter(args)) if arity else fn()
             except Exception as exc:
                 if hasattr(exc, "add_note"):
                     exc.add_note(f"hookprune: raised in hook '{name}' of {entry.label} "
                                  f"(from {distribution_of(entry.plugin)})")
                 raise
-            if result is not None:
+            if result is not None and results is not None:
                 results.append((entry, result))
-        return results
 
     def _before_backward(self, calls: list[Any], args: dict[str, Any]) -> torch.Tensor:
         loss = args["loss"]
+        if not calls:
+            self.loss_components = {}
+            return loss
         terms: dict[str, torch.Tensor] = {}
         total = loss
-        for entry, result in self._run("before_backward", calls, args):
+        results: list[tuple[_Entry, Any]] = []
+        self._run("before_backward", calls, args, results)
+        for entry, result in results:
             if isinstance(result, LossTerm):
                 term_name, value = result
             elif isinstance(result, torch.Tensor):
@@ -367,6 +385,22 @@ class CompressionScheduler:
         self.masks.mark_all_pending()
         if self.mask_sync is not None:
             self.mask_sync.note_change()
+
+
+def _getter(argnames: tuple[str, ...]) -> Callable[[dict[str, Any]], Any] | None:
+    """What picks a hook's arguments out of the event's: a tuple of them for two or more, the one itself for
+    one, nothing for none (``CompressionScheduler._run`` calls the hook by arity)."""
+    return itemgetter(*argnames) if argnames else None
+
+
+def _argument_error(ev: Event, kwargs: dict[str, Any]) -> TypeError:
+    """The error for a ``fire`` call whose keyword arguments are not the event's."""
+    needed = EVENT_ARGS[ev]
+    missing = [a for a in needed if a not in kwargs]
+    extra = [a for a in kwargs if a not in needed]
+    return TypeError(f"fire('{ev.value}') needs {', '.join(needed)} (and optionally optimizer)"
+                     + (f"; missing {', '.join(missing)}" if missing else "")
+                     + (f"; unexpected {', '.join(extra)}" if extra else ""))
 
 
 _stack: list[CompressionScheduler] = []

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import hookprune
 from hookprune import distributed, hookimpl, models
+from hookprune.plugins import DISABLE_AUTOLOAD_ENV
 from tests.loops import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,8 @@ WORLD = 2
 # -- two gloo processes --------------------------------------------------------------------------------------
 
 #: the scenarios the two processes run, one after the other, each saving a dict per rank
-SCENARIOS = ("divergent_random_masks", "agp_on_the_ddp_model", "changes_between_backward_and_step")
+SCENARIOS = ("divergent_random_masks", "agp_on_the_ddp_model", "changes_between_backward_and_step",
+             "observers_that_never_set_masks")
 
 
 def _entry(rank: int, folder: str) -> None:
@@ -215,6 +217,60 @@ def test_masks_changed_between_backward_and_the_optimizer_step_reach_every_rank_
     for name, mask in results[0]["masks"].items():
         assert torch.equal(results[1]["masks"][name], mask)
     assert torch.equal(results[0]["fc3"], results[1]["fc3"])
+
+
+class Observer:
+    """A hook plugin that reads the masks around every minibatch and declares that it never assigns one."""
+
+    sets_masks = False
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    @hookimpl
+    def on_minibatch_begin(self, scheduler):
+        self.reads += len(scheduler.masks)
+
+    @hookimpl
+    def on_minibatch_end(self, scheduler):
+        self.reads += len(scheduler.masks)
+
+
+class UndeclaredObserver(Observer):
+    """The same hooks, without the declaration: the engine must assume they may set masks."""
+
+    sets_masks = True
+
+
+def observers_that_never_set_masks(rank: int, folder: Path) -> None:
+    result = {}
+    for observer in (Observer(), UndeclaredObserver()):
+        model = DistributedDataParallel(lenet())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        os.environ[DISABLE_AUTOLOAD_ENV] = "1"  # only the observer under test, whatever else is installed
+        try:
+            sched = hookprune.build(SCHEDULE, model, optimizer)
+        finally:
+            del os.environ[DISABLE_AUTOLOAD_ENV]
+        sched.add_policy(observer, starting_epoch=0, ending_epoch=5)
+        run(sched, model, optimizer, shard(rank, batches=3), epochs=5)
+        distributed.verify_masks(sched)
+        result[type(observer).__name__] = {"exchanges": sched.mask_sync.exchanges,
+                                           "broadcasts": sched.mask_sync.broadcasts,
+                                           "reads": observer.reads, "masks": masks_of(sched)}
+    torch.save(result, folder / f"rank{rank}.pt")
+
+
+def test_hooks_declared_never_to_set_masks_cost_no_collective_per_minibatch(two_ranks):
+    for result in two_ranks["observers_that_never_set_masks"]:
+        declared, undeclared = result["Observer"], result["UndeclaredObserver"]
+        assert declared["reads"] == undeclared["reads"] == 5 * 3 * 2 * 2, "both saw every minibatch"
+        assert declared["broadcasts"] == undeclared["broadcasts"] == 4
+        assert declared["exchanges"] == 5, \
+            "one flag exchange after each epoch whose AGP hooks ran (0-3, and its last on_epoch_end), none per step"
+        assert undeclared["exchanges"] == 5 * 3, "an undeclared hook plugin costs one exchange per minibatch"
+        for name, mask in declared["masks"].items():
+            assert torch.equal(undeclared["masks"][name], mask)
 
 
 # -- the launch environment and the data shards --------------------------------------------------------------

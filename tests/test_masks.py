@@ -111,6 +111,26 @@ def test_mini_batch_pruning_frequency_prunes_within_the_epoch(lenet):
     assert seen == [0, int(0.5 * lenet.fc1.weight.numel())]
 
 
+def test_skip_first_minibatch_sets_the_first_masks_at_the_second_minibatch(lenet):
+    optimizer = torch.optim.SGD(lenet.parameters(), lr=0.1)
+    sched = hookprune.load(agp_schedule(skip_first_minibatch=True), lenet, optimizer)
+    sched.fire("on_epoch_begin", epoch=0)
+    sched.fire("on_minibatch_begin", epoch=0, minibatch_id=0, minibatches_per_epoch=4)
+    assert len(sched.masks) == 0 and zeros(lenet.fc1.weight) == 0
+    sched.fire("on_minibatch_begin", epoch=0, minibatch_id=1, minibatches_per_epoch=4)
+    assert zeros(lenet.fc1.weight) == int(0.2 * lenet.fc1.weight.numel())
+    sched.fire("on_epoch_begin", epoch=1)
+    sched.fire("on_minibatch_begin", epoch=1, minibatch_id=0, minibatches_per_epoch=4)
+    assert zeros(lenet.fc1.weight) == int(agp_level(1) * lenet.fc1.weight.numel()), "later epochs as usual"
+
+
+def agp_level(epoch: int) -> float:
+    """agp_schedule's target at ``epoch`` (0.2 to 0.7 over epochs 0..2)."""
+    from hookprune.pruning.agp import agp_target
+
+    return agp_target(0.2, 0.7, 0, 3, 1, epoch)
+
+
 def test_masks_accept_any_spelling_and_check_shape(lenet):
     sched = hookprune.CompressionScheduler(lenet)
     sched.masks["module.fc3.weight"] = torch.zeros(10, 100)

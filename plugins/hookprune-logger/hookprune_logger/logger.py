@@ -167,6 +167,9 @@ def _is_rank_zero() -> bool:
 class ScalarLogger:
     """The plugin object: finds (or starts) each scheduler's :class:`Run` and feeds it from four hooks."""
 
+    #: the logger only reads masks, so under distributed training its hooks cost no collective
+    sets_masks = False
+
     def __init__(self) -> None:
         self._runs: weakref.WeakKeyDictionary[Any, Run | None] = weakref.WeakKeyDictionary()
 
