@@ -363,13 +363,16 @@ class QuantizationPolicy(Policy):
         self.quantizer.quantize_params()
 
 
-_DISTILLER_POLICY_METHODS = ("on_epoch_begin", "on_minibatch_begin", "before_backward_pass",
-                             "before_parameter_optimization", "on_minibatch_end", "on_epoch_end")
+#: each hook and the ``ScheduledTrainingPolicy`` method of Distiller's that it calls
+_DISTILLER_POLICY_METHODS = {"on_epoch_begin": "on_epoch_begin", "on_minibatch_begin": "on_minibatch_begin",
+                             "before_backward": "before_backward_pass",
+                             "before_optimizer_step": "before_parameter_optimization",
+                             "on_minibatch_end": "on_minibatch_end", "on_epoch_end": "on_epoch_end"}
 
 
 def is_distiller_policy(obj: Any) -> bool:
     """True when ``obj`` has any of Distiller's ``ScheduledTrainingPolicy`` methods."""
-    return any(callable(getattr(obj, m, None)) for m in _DISTILLER_POLICY_METHODS)
+    return any(callable(getattr(obj, m, None)) for m in _DISTILLER_POLICY_METHODS.values())
 
 
 class DistillerPolicyAdapter(Policy):
@@ -379,13 +382,10 @@ class DistillerPolicyAdapter(Policy):
         super().__init__()
         self.policy = policy
 
-    _METHODS = {"on_epoch_begin": "on_epoch_begin", "on_minibatch_begin": "on_minibatch_begin",
-                "before_backward": "before_backward_pass", "before_optimizer_step": "before_parameter_optimization",
-                "on_minibatch_end": "on_minibatch_end", "on_epoch_end": "on_epoch_end"}
-
     def idle_hooks(self) -> set[str]:
         """The hooks whose Distiller method the wrapped policy lacks."""
-        return {hook for hook, method in self._METHODS.items() if not callable(getattr(self.policy, method, None))}
+        return {hook for hook, method in _DISTILLER_POLICY_METHODS.items()
+                if not callable(getattr(self.policy, method, None))}
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.policy, method, None)

@@ -166,13 +166,17 @@ def test_distiller_style_policy_runs_unchanged(lenet):
             extra = torch.tensor(1.0)
             return hookprune.PolicyLoss(loss + extra, [hookprune.LossComponent("extra", extra)])
 
+        def on_minibatch_end(self, model, epoch, minibatch_id, minibatches_per_epoch, zeros_mask_dict,
+                             optimizer):
+            calls.append(("step", epoch, minibatch_id))
+
         def on_epoch_end(self, model, zeros_mask_dict, meta, **kwargs):
             calls.append(("end", meta["current_epoch"], kwargs["metrics"]["min"]))
 
     sched = hookprune.CompressionScheduler(lenet)
     sched.add_policy(OldPolicy(), starting_epoch=0, ending_epoch=2)
     losses = train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=3, batches=1)
-    assert [c[:2] for c in calls] == [("begin", 0), ("end", 0), ("begin", 1), ("end", 1)]
+    assert [c[:2] for c in calls] == [("begin", 0), ("step", 0), ("end", 0), ("begin", 1), ("step", 1), ("end", 1)]
     assert calls[0][2:] == (0, 2)
     assert sched.masks["fc3.weight"].dtype == torch.bool
     assert sched.loss_components == {}  # epoch 2 is outside the window
