@@ -43,8 +43,6 @@ from hookprune.sparsity import LayerSparsity, sparsity_report, total_sparsity
 #: event name -> (the event, the keyword arguments it takes from the loop as a set); an Event hashes and
 #: compares as its name, so one lookup serves both spellings
 _EVENTS = {e.value: (e, frozenset(EVENT_ARGS[e])) for e in Event}
-#: a table key: ``table[_SETS_MASKS, hook]`` is True when some hook called for ``hook`` may assign masks
-_SETS_MASKS = "sets_masks"
 #: the events as module constants: an enum class attribute lookup costs more than the comparison
 (_EPOCH_BEGIN, _MINIBATCH_BEGIN, _BEFORE_BACKWARD, _BEFORE_OPTIMIZER_STEP, _MINIBATCH_END,
  _EPOCH_END) = (Event.ON_EPOCH_BEGIN, Event.ON_MINIBATCH_BEGIN, Event.BEFORE_BACKWARD,
@@ -60,8 +58,6 @@ class _Entry:
     #: False when the plugin declares (``sets_masks = False``) that its hooks never assign a mask
     sets_masks: bool = True
     impls: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], int]]] = field(default_factory=dict)
-    #: hooks the plugin has implemented but declared idle (see :meth:`hookprune.policies.Policy.idle_hooks`)
-    idle: frozenset[str] = frozenset()
 
     def active(self, epoch: int) -> bool:
         return self.windows is None or any(epoch in w for w in self.windows)
@@ -162,16 +158,17 @@ class CompressionScheduler:
         scheduled = [e for e in active if e.windows is not None]
         ordered = ([e for e in scheduled if not e.runs_last] + [e for e in scheduled if e.runs_last]
                    + [e for e in active if e.windows is None])
-        for entry in ordered:
-            if isinstance(entry.plugin, Policy):
-                entry.idle = frozenset(entry.plugin.idle_hooks())
-        table = {"pruning_active": any(isinstance(e.plugin, PruningPolicy) for e in active)}
+        idle = [entry.plugin.idle_hooks() if isinstance(entry.plugin, Policy) else set() for entry in ordered]
+        # per hook, whether any of its calls may assign masks (distributed training then syncs them)
+        sets_masks: dict[str, bool] = {}
+        table: dict[str, Any] = {"pruning_active": any(isinstance(e.plugin, PruningPolicy) for e in active),
+                                 "sets_masks": sets_masks}
         for hook_name in HOOK_NAMES:
-            calls = [(rank, fn, argnames, entry) for entry in ordered if hook_name not in entry.idle
-                     for fn, argnames, rank in entry.impls.get(hook_name, ())]
+            calls = [(rank, fn, argnames, entry) for entry, skip in zip(ordered, idle, strict=True)
+                     if hook_name not in skip for fn, argnames, rank in entry.impls.get(hook_name, ())]
             calls.sort(key=lambda c: c[0])
             table[hook_name] = [(fn, _getter(argnames), len(argnames), entry) for _, fn, argnames, entry in calls]
-            table[_SETS_MASKS, hook_name] = any(entry.sets_masks for *_, entry in calls)
+            sets_masks[hook_name] = any(entry.sets_masks for *_, entry in calls)
         self._tables[epoch] = table
         return table
 
@@ -219,7 +216,7 @@ class CompressionScheduler:
             self.masks.apply_after_step()
         elif ev is _EPOCH_BEGIN:
             self.epoch = epoch
-        if sync is not None and calls and table[_SETS_MASKS, ev]:
+        if sync is not None and table["sets_masks"][ev]:
             sync.note_change()
         if ev is _BEFORE_BACKWARD:
             return self._before_backward(calls, kwargs)
