@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -25,6 +24,7 @@ import hookprune
 from hookprune import distributed, hookimpl, models
 from hookprune.plugins import DISABLE_AUTOLOAD_ENV
 from tests.loops import run
+from tests.test_compress_classifier import final_state
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "examples" / "classifier_compression" / "compress_classifier.py"
@@ -335,13 +335,6 @@ def app(*argv: str, cwd: Path, ranks: int = 0) -> subprocess.CompletedProcess:
 
 def layer_rows(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"^(fc\d\.weight) .* (\d+\.\d\d)%$", stdout, re.M))
-
-
-def final_state(folder: Path) -> tuple[dict, dict, dict]:
-    checkpoint = torch.load(folder / "lenet300_100_checkpoint.pth.tar", weights_only=True)
-    summary = json.loads((folder / "summary.json").read_text())
-    del summary["timings"]
-    return checkpoint["state_dict"], checkpoint["compression_sched"]["masks_dict"], summary
 
 
 def test_torchrun_prunes_like_one_process_writes_one_run_folder_and_resumes_bit_identical(tmp_path):
