@@ -327,8 +327,9 @@ def test_each_rank_trains_on_its_shard_of_one_order_that_is_a_function_of_seed_a
 
 def app(*argv: str, cwd: Path, ranks: int = 0) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
-    result = subprocess.run([sys.executable, *launcher, str(APP), *argv], cwd=cwd, env=ENV, capture_output=True,
-                            text=True, timeout=300)
+    # torchrun leaves its log folders and error files in the temporary directory: keep them in the test's own.
+    result = subprocess.run([sys.executable, *launcher, str(APP), *argv], cwd=cwd, env={**ENV, "TMPDIR": str(cwd)},
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
