@@ -40,10 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import math
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -63,6 +60,8 @@ from hookprune import hookimpl, models
 from hookprune.plugins import DISABLE_AUTOLOAD_ENV, autoloaded_plugins
 from hookprune.pruning.agp import agp_target
 from hookprune.scheduler import CompressionScheduler
+
+from machine import header, load_average, synchronize
 
 VARIANTS = ("plain", "hookprune", "hookprune masks only", "torch.nn.utils.prune", "torch.ao.pruning",
             "distiller float masks")
@@ -423,12 +422,6 @@ def build_variants(work: Workload) -> tuple[list[Variant], dict[str, torch.Tenso
 
 # -- measuring ---------------------------------------------------------------------------------
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that a timing covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(variants: list[Variant], rounds: int, warmup: float,
                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per step of each variant: a warm-up, then ``rounds`` rounds of one block of steps per
@@ -692,23 +685,6 @@ def bench_agp(device: torch.device, quick: bool, repeats: int, problems: list[st
 
 # -- report ------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    """The CPU's model name, for the table's header."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float:
-    """The one-minute load average (NaN where the system has none)."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-
-
 def fmt_ms(seconds: float) -> str:
     """A step time in milliseconds, with three significant decimals below 10 ms."""
     ms = seconds * 1e3
@@ -755,11 +731,7 @@ def run(args: argparse.Namespace) -> Report:
 
 def print_report(report: Report, left_out: list[str], clock: str, load_before: float, load_after: float) -> None:
     """The Markdown tables, with the command, machine, versions, load and the hook plugins ``left_out``."""
-    print(f"Command: `{shlex.join(['python', *sys.argv])}`  ")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads, Python {platform.python_version()}  ")
-    if any(row.device == "cuda" for row in report.steps):
-        print(f"GPU: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}  ")
+    print("\n".join(header(any(row.device == "cuda" for row in report.steps))))
     print(f"Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f}; CPU steps timed by "
           f"{'process CPU time' if clock == 'cpu' else 'wall clock'}; AGP level "
           f"{target_sparsity():.4f} (epoch {EPOCH} of {START}..{END - 1}, {INITIAL_SPARSITY} to {FINAL_SPARSITY})  ")

@@ -22,9 +22,6 @@ against the exact count; a disagreement is reported and makes the exit status 1.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -34,6 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from hookprune.selection import global_keep_masks, level_keep_mask
+
+from machine import header, load_average, synchronize
 
 BASELINES = ("kthvalue", "topk", "sort", "quantile")
 #: bytes per element each method needs beyond the input, to skip sizes memory cannot hold
@@ -49,18 +48,6 @@ class Cell:
     seconds: float | None = None
 
 
-def cpu_model() -> str:
-    """The CPU's model name, for the table's header."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def free_bytes(device: torch.device) -> int:
     """Memory available for new tensors on ``device``."""
     if device.type == "cuda":
@@ -73,12 +60,6 @@ def free_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return 1 << 62
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that a timing covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object]:
@@ -194,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if cuda else [])
     repeats = 1 if args.quick else args.repeats
     problems: list[str] = []
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_before = load_average()
     table = []
     for device in devices:
         sizes = args.sizes or ([100_000, 1_000_000] if args.quick else
@@ -208,13 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 table.append((device.type, n, task, cells))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_after = load_average()
 
-    print(f"Command: `{shlex.join(['python', *sys.argv])}`  ")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads, Python {platform.python_version()}  ")
-    if cuda:
-        print(f"GPU: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}  ")
+    print("\n".join(header(cuda)))
     print(f"Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f}; sparsity "
           f"{args.sparsity}, median of {repeats} run{'s' if repeats > 1 else ''}; float32 input  ")
     print()

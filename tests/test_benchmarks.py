@@ -17,10 +17,13 @@ def overhead():
     spec = importlib.util.spec_from_file_location("hookprune_benchmark_overhead", PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    sys.path.insert(0, str(PATH.parent))  # as `python benchmarks/overhead.py` has it, for its `machine` module
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
+        sys.path.remove(str(PATH.parent))
+        sys.modules.pop("machine", None)
         del sys.modules[spec.name]
 
 
