@@ -230,8 +230,12 @@ def routed_forward(scheduler: CompressionScheduler, model: torch.nn.Module, hint
     teacher beside it; calls ``model`` makes of itself inside that call run as usual.
 
     For trainers that call the model in their own code (Lightning's ``training_step``, transformers'
-    ``compute_loss``). Inputs must be positional; ``hint`` ends the error raised for keyword inputs.
+    ``compute_loss``). Inputs must be positional; ``hint`` ends the error raised for keyword inputs. A schedule
+    without distillers leaves ``model`` as it is, keyword inputs and all.
     """
+    if not any(isinstance(p, KnowledgeDistillationPolicy) for p in scheduler.sched_metadata):
+        yield
+        return
     own = model.__dict__.get("forward")
     original = model.forward
     inside = False

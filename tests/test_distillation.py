@@ -225,6 +225,42 @@ def test_forward_helper_uses_the_active_distiller_or_else_the_model():
         torch.testing.assert_close(policy.last_teacher_logits, teacher(x))
 
 
+class KeywordNet(torch.nn.Module):
+    """A model called with keyword inputs, as transformers' models are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = mlp()
+
+    def forward(self, *, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_routed_forward_runs_the_teacher_beside_a_positional_call_and_restores_forward():
+    student, teacher = mlp(), teacher_net()
+    x, _ = batch()
+    sched, policy = scheduled(student, teacher)
+    sched.fire("on_epoch_begin", epoch=0)
+    with kd.routed_forward(sched, student, " (a hint)"):
+        out = student(x)
+        assert policy.last_students_logits is out
+        with pytest.raises(TypeError, match=r"must be positional; the student was called with keyword arguments "
+                                            r"\['input'\] \(a hint\)$"):
+            student(input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(policy.last_teacher_logits, teacher(x))
+    assert "forward" not in student.__dict__
+
+
+def test_routed_forward_leaves_the_model_alone_without_distillers():
+    model = KeywordNet()
+    x, _ = batch()
+    sched = hookprune.CompressionScheduler(model)
+    with kd.routed_forward(sched, model):
+        assert "forward" not in model.__dict__
+        torch.testing.assert_close(model(x=x), model.body(x))
+
+
 @pytest.mark.parametrize(("kwargs", "argument", "message"), [
     ({"loss_weights": DistillationLossWeights(0.5, 0.5, 0.1)}, "loss_weights.teacher",
      "the teacher weight must be 0: training the teacher against the labels is not supported"),

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import hookprune
 import lightning.pytorch as pl
 import torch
-from hookprune import CompressionScheduler, KnowledgeDistillationPolicy, LRPolicy
+from hookprune import CompressionScheduler, LRPolicy
 from hookprune import knowledge_distillation as kd
 from lightning.pytorch.callbacks import Callback
 
@@ -70,7 +69,6 @@ class HookpruneCallback(Callback):
         self._stepped = False
         self._per_epoch = 0
         self._patched: pl.LightningModule | None = None
-        self._distills = False
 
     # -- setting up ---------------------------------------------------------------------------
 
@@ -86,7 +84,6 @@ class HookpruneCallback(Callback):
                 "the schedule has lr_schedulers and configure_optimizers() returns an LR scheduler too: both would "
                 "set the learning rate; keep one of them")
         self.scheduler, self._model = sched, model
-        self._distills = any(isinstance(p, KnowledgeDistillationPolicy) for p in sched.sched_metadata)
         if self._saved is not None:
             self._restore()
         self._wrap_training_step(pl_module)
@@ -122,9 +119,12 @@ class HookpruneCallback(Callback):
     def _wrap_training_step(self, pl_module: pl.LightningModule) -> None:
         self._unwrap()
         original = pl_module.training_step
+        sched, model = self.scheduler, self._model
+        assert sched is not None and model is not None
 
         def training_step(*args: Any, **kwargs: Any) -> Any:
-            with self._student_forward():
+            # while distilling, the student's outermost forward call runs through the active distiller
+            with kd.routed_forward(sched, model):
                 output = original(*args, **kwargs)
             return self._add_loss_terms(output)
 
@@ -144,16 +144,6 @@ class HookpruneCallback(Callback):
         if isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor):
             return {**output, "loss": self.scheduler.fire("before_backward", **self._step, loss=output["loss"])}
         return output
-
-    @contextmanager
-    def _student_forward(self) -> Iterator[None]:
-        """While distilling, route the student's outermost forward call through the active distiller."""
-        model, sched = self._model, self.scheduler
-        if not self._distills or model is None or sched is None:
-            yield
-            return
-        with kd.routed_forward(sched, model):
-            yield
 
     # -- events -------------------------------------------------------------------------------
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import hookprune
 import torch
-from hookprune import CompressionScheduler, KnowledgeDistillationPolicy, LRPolicy
+from hookprune import CompressionScheduler, LRPolicy
 from hookprune import knowledge_distillation as kd
 from hookprune.hookspecs import PROJECT
 from torch.optim.lr_scheduler import LRScheduler
@@ -84,7 +83,6 @@ class HookpruneCallback(TrainerCallback):
         #: whether any scheduled instance implements ``before_backward`` (returns additive loss terms)
         self.adds_loss_terms = False
         self._model: torch.nn.Module | None = None
-        self._distills = False
         self._trainer_support = False
         self._built_by_trainer = False
         self._resume_dir: str | None = None
@@ -120,7 +118,6 @@ class HookpruneCallback(TrainerCallback):
         policies = list(sched.sched_metadata)
         self.sets_learning_rate = any(isinstance(p, LRPolicy) for p in policies)
         self.adds_loss_terms = any(_adds_loss_terms(p) for p in policies)
-        self._distills = any(isinstance(p, KnowledgeDistillationPolicy) for p in policies)
         return sched
 
     def resume_from(self, checkpoint_dir: str | os.PathLike[str]) -> None:
@@ -250,19 +247,6 @@ class HookpruneCallback(TrainerCallback):
             raise
         self._ended = epoch
 
-    # -- the loss -----------------------------------------------------------------------------
-
-    @contextmanager
-    def student_forward(self) -> Iterator[None]:
-        """While distilling, route the student's outermost forward call through the active distiller."""
-        model, sched = self._model, self.scheduler
-        if not self._distills or model is None or sched is None:
-            yield
-            return
-        with kd.routed_forward(
-                sched, model, " (give HookpruneCallback(submodule=...) the network the model calls positionally)"):
-            yield
-
     # -- checkpoints --------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -357,7 +341,11 @@ class HookpruneTrainer(Trainer):
         if not cb.in_training_step or cb.scheduler is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        with cb.student_forward():
+        student = cb._model
+        assert student is not None  # built with the scheduler
+        # while distilling, the student's outermost forward call runs through the active distiller
+        with kd.routed_forward(cb.scheduler, student,
+                               " (give HookpruneCallback(submodule=...) the network the model calls positionally)"):
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
         scaled = getattr(self, "loss_is_scaled_for_ga", None)
