@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from hookprune import hookimpl
+from hookprune import distributed, hookimpl
 
 ENV_DIR = "HOOKPRUNE_LOG_DIR"
 ENV_EVERY = "HOOKPRUNE_LOG_EVERY"
@@ -158,12 +158,6 @@ def _detached(value: Any) -> torch.Tensor:
     return value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
 
 
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 class ScalarLogger:
     """The plugin object: finds (or starts) each scheduler's :class:`Run` and feeds it from four hooks."""
 
@@ -180,7 +174,7 @@ class ScalarLogger:
         except KeyError:
             pass
         config = Config.from_environ()
-        run = Run(config) if config is not None and _is_rank_zero() else None
+        run = Run(config) if config is not None and distributed.rank() == 0 else None
         self._runs[scheduler] = run
         if run is not None:
             weakref.finalize(scheduler, run.close)

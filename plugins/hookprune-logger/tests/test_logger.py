@@ -207,6 +207,26 @@ def test_each_scheduler_logs_into_its_own_folder(monkeypatch, tmp_path, digits):
     assert read_csv(folders[0]) == read_csv(folders[1])
 
 
+def _rank_logs(rank: int, folder: str) -> None:
+    """One of two gloo processes: a scheduler on each rank, one epoch fired."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        sched = hookprune.CompressionScheduler(create_model("lenet300_100", input_features=64))
+        sched.fire("on_epoch_begin", epoch=0)
+        sched.fire("on_epoch_end", epoch=0, metrics={"rank": rank})
+        hookprune_logger.close(sched)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_under_torch_distributed_rank_zero_alone_logs(monkeypatch, tmp_path):
+    monkeypatch.setenv(hookprune_logger.ENV_DIR, str(tmp_path / "logs"))
+    monkeypatch.setenv(hookprune_logger.ENV_FORMATS, "csv")
+    torch.multiprocessing.spawn(_rank_logs, args=(str(tmp_path),), nprocs=2, join=True)
+    [folder] = run_folders(tmp_path / "logs")
+    assert [r["value"] for r in read_csv(folder) if r["tag"] == "epoch/metric/rank"] == ["0.0"]
+
+
 def test_unconfigured_logger_does_nothing(tmp_path, digits):
     sched, _ = train(tmp_path, digits)
     assert hookprune_logger.plugin.run_of(sched) is None
