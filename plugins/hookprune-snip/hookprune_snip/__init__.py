@@ -1,6 +1,6 @@
 """SNIP for hookprune: prune once, before training moves the weights, by connection sensitivity."""
 
-from hookprune_snip.snip import SNIPPruner, drop_smallest
+from hookprune_snip.snip import SNIPPruner
 
-__all__ = ["SNIPPruner", "drop_smallest"]
+__all__ = ["SNIPPruner"]
 __version__ = "0.1.0"

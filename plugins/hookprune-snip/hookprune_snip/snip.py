@@ -14,32 +14,14 @@ import torch
 
 from hookprune import hookimpl
 from hookprune.pruning.base import ArgumentError
+from hookprune.selection import global_keep_masks, level_keep_mask
 
-__all__ = ["SNIPPruner", "Scope", "drop_smallest"]
+__all__ = ["SNIPPruner", "Scope"]
 
 #: where the ``int(sparsity * n)`` removed connections are counted: over all listed weights
 #: together, or in each weight on its own
 Scope = Literal["global", "layer"]
 SCOPES: tuple[str, ...] = ("global", "layer")
-
-
-def drop_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """A boolean tensor shaped like ``scores``, True at exactly its ``k`` smallest elements.
-
-    Equal scores are taken in order of their flat index, lowest first, so the answer is the one a
-    stable sort gives, on any device; the cost is one ``kthvalue`` pass instead of a sort.
-    """
-    flat = scores.detach().flatten()
-    n = flat.numel()
-    if k <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    if k >= n:
-        return torch.ones_like(scores, dtype=torch.bool)
-    kth = flat.kthvalue(k).values
-    drop = flat < kth
-    ties = torch.nonzero(flat == kth).flatten()[: k - int(drop.sum())]
-    drop[ties] = True
-    return drop.view_as(scores)
 
 
 class SNIPPruner:
@@ -122,23 +104,15 @@ class SNIPPruner:
 
     def keep_masks(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Boolean keep-masks from signed sensitivities ``{name: w * dL/dw}``: False at the
-        ``int(sparsity * n)`` smallest ``|score|``, counted by ``scope``."""
+        ``int(sparsity * n)`` smallest ``|score|``, counted by ``scope``: the exact selection of
+        :mod:`hookprune.selection`, ties taken in the order of ``weights``, then by index."""
         for param_name, score in scores.items():
             if not bool(torch.isfinite(score).all()):
                 raise RuntimeError(f"SNIPPruner '{self.name}': the sensitivity of '{param_name}' is not "
                                    "finite (inf or nan in the weights or gradients)")
-        magnitudes = {param_name: score.abs() for param_name, score in scores.items()}
         if self.scope == "layer":
-            return {param_name: ~drop_smallest(m, int(self.sparsity * m.numel()))
-                    for param_name, m in magnitudes.items()}
-        flat = torch.cat([m.flatten().to(next(iter(magnitudes.values())).device) for m in magnitudes.values()])
-        drop = drop_smallest(flat, int(self.sparsity * flat.numel()))
-        keep: dict[str, torch.Tensor] = {}
-        start = 0
-        for param_name, m in magnitudes.items():
-            keep[param_name] = ~drop[start:start + m.numel()].view_as(m).to(m.device)
-            start += m.numel()
-        return keep
+            return {param_name: level_keep_mask(score, self.sparsity) for param_name, score in scores.items()}
+        return global_keep_masks(scores, self.sparsity)
 
     def _params(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         named = dict(model.named_parameters())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hookprune_snip import SNIPPruner, drop_smallest
+from hookprune_snip import SNIPPruner
 from sklearn.datasets import load_digits
 
 import hookprune
@@ -118,12 +118,18 @@ def stable_sort_keep(scores: dict[str, torch.Tensor], sparsity: float, scope: st
                                                              scores.values(), strict=True)), strict=True))
 
 
-def test_drop_smallest_breaks_ties_by_lowest_index():
-    scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 2.0])
-    assert drop_smallest(scores, 3).tolist() == [True, True, False, True, False, False]
-    assert drop_smallest(scores, 0).tolist() == [False] * 6
-    assert drop_smallest(scores, 6).tolist() == [True] * 6
-    assert drop_smallest(scores.view(2, 3), 4).tolist() == [[True, True, True], [True, False, False]]
+def test_equal_scores_are_removed_lowest_index_first_in_the_order_of_weights():
+    model = torch.nn.Linear(3, 2)
+    layer = SNIPPruner("snip", model, ["weight"], sparsity=0.5, scope="layer")
+    scores = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 2.0]])
+    assert layer.keep_masks({"weight": scores})["weight"].tolist() == [[False, False, True], [False, True, True]]
+    assert SNIPPruner("snip", model, ["weight"], sparsity=0.0).keep_masks(
+        {"weight": scores})["weight"].all()
+    both = SNIPPruner("snip", model, ["weight", "bias"], sparsity=0.375, scope="global")
+    keep = both.keep_masks({"weight": torch.tensor([[1.0, 3.0, 1.0], [3.0, 3.0, 3.0]]),
+                            "bias": torch.tensor([-1.0, 0.0])})
+    assert keep["weight"].tolist() == [[False, True, False], [True, True, True]]
+    assert keep["bias"].tolist() == [True, False]
 
 
 def test_global_scope_keeps_the_most_sensitive_connections(tmp_path, digits):
