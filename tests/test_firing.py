@@ -7,6 +7,7 @@ import torch
 
 import hookprune
 from hookprune import LossTerm, hookimpl
+from hookprune.testing import EventRecorder
 from tests.loops import train
 
 
@@ -59,6 +60,19 @@ def test_instance_hears_every_event_of_its_window_and_nothing_else(lenet):
     sched.add_policy(Recorder(log, "r"), starting_epoch=1, ending_epoch=6, frequency=2)
     train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=7)
     assert log == expected_events("r", [1, 3, 5])
+
+
+def test_the_event_recorder_plugin_authors_use_records_the_loops_events(lenet):
+    recorder = EventRecorder()
+    sched = hookprune.CompressionScheduler(lenet)
+    sched.add_policy(recorder, starting_epoch=0, ending_epoch=2)
+    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=2)
+    assert [("r", *event) for event in recorder.log] == expected_events("r", [0, 1])
+    assert recorder.minibatches_per_epoch == {2}
+    assert (recorder.count("on_epoch_end"), recorder.count("before_backward")) == (2, 4)
+    assert [set(m) for m in recorder.metrics] == [{"min", "max"}] * 2
+    assert recorder.metrics[1]["max"] == 0.0
+    assert sched.loss_components == {}
 
 
 def test_epochs_list_and_two_windows_union(lenet):

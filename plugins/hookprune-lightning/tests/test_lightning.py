@@ -8,11 +8,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from hookprune.testing import EventRecorder
 from lightning_support import (
     BATCHES,
     EXAMPLE_SCHEDULE,
     Digits,
-    Recorder,
     lenet,
     loaders,
     plain_loop,
@@ -54,10 +54,10 @@ def one_thread():
 
 
 class AddRecorder(pl.Callback):
-    """Adds a :class:`Recorder` to the scheduler the HookpruneCallback built, for every epoch."""
+    """Adds an EventRecorder to the scheduler the HookpruneCallback built, for every epoch."""
 
     def __init__(self, hookprune_cb: HookpruneCallback, epochs: int) -> None:
-        self.hookprune_cb, self.epochs, self.recorder = hookprune_cb, epochs, Recorder()
+        self.hookprune_cb, self.epochs, self.recorder = hookprune_cb, epochs, EventRecorder()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.hookprune_cb.scheduler.add_policy(self.recorder, starting_epoch=0, ending_epoch=self.epochs)
@@ -130,7 +130,7 @@ def test_each_event_fires_once_per_optimizer_step_in_order(accumulate):
     trainer(2, [hp, adder, checker], accumulate_grad_batches=accumulate).fit(Digits(), *loaders())
     rec = adder.recorder
     steps = -(-BATCHES // accumulate)
-    assert rec.steps_per_epoch == {steps}
+    assert rec.minibatches_per_epoch == {steps}
     assert (rec.count("on_epoch_begin"), rec.count("on_epoch_end")) == (2, 2)
     assert rec.count("on_minibatch_begin") == rec.count("before_optimizer_step") == rec.count("on_minibatch_end")
     assert rec.count("on_minibatch_begin") == 2 * steps

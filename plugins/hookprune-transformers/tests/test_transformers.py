@@ -10,6 +10,7 @@ import hookprune
 import pytest
 import torch
 import torch.nn.functional as F
+from hookprune.testing import EventRecorder
 from transformers import Trainer, TrainerCallback
 from transformers_support import (
     BATCH,
@@ -18,7 +19,6 @@ from transformers_support import (
     TRAIN,
     VAL,
     Classifier,
-    Recorder,
     arguments,
     lenet,
     plain_loop,
@@ -58,10 +58,10 @@ def one_thread():
 
 
 class Watch(TrainerCallback):
-    """Adds a :class:`Recorder` to the schedule, and checks after every optimizer step that masked weights are 0."""
+    """Adds an EventRecorder to the schedule, and checks after every optimizer step that masked weights are 0."""
 
     def __init__(self, hp: HookpruneCallback) -> None:
-        self.hp, self.recorder, self.checked = hp, Recorder(), 0
+        self.hp, self.recorder, self.checked = hp, EventRecorder(), 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.hp.scheduler.add_policy(self.recorder, starting_epoch=0, ending_epoch=100)
@@ -117,7 +117,7 @@ def test_each_event_fires_once_per_optimizer_step_in_order(tmp_path, accumulate)
     t.train()
     rec = watch.recorder
     steps = -(-BATCHES // accumulate)
-    assert rec.steps_per_epoch == {steps}
+    assert rec.minibatches_per_epoch == {steps}
     assert rec.count("on_minibatch_begin") == rec.count("before_optimizer_step") == rec.count("on_minibatch_end")
     assert rec.count("on_minibatch_begin") == 2 * steps == watch.checked
     assert rec.count("before_backward") == 2 * BATCHES

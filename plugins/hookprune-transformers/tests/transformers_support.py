@@ -9,7 +9,6 @@ from typing import Any
 import hookprune
 import torch
 import torch.nn.functional as F
-from hookprune import hookimpl
 from hookprune import knowledge_distillation as kd
 from hookprune.models import create_model
 from sklearn.datasets import load_digits
@@ -101,42 +100,3 @@ def plain_loop(schedule: Any, epochs: int, accumulate: int = 1, teacher: torch.n
             sched.fire("on_minibatch_end", **step)
         sched.fire("on_epoch_end", epoch=epoch, metrics={})
     return model, optimizer, sched
-
-
-class Recorder:
-    """A hook plugin recording ``(event, epoch, minibatch_id)`` for every event it hears."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, int, int | None]] = []
-        self.steps_per_epoch: set[int] = set()
-        self.metrics: list[dict[str, Any]] = []
-
-    @hookimpl
-    def on_epoch_begin(self, epoch: int) -> None:
-        self.log.append(("on_epoch_begin", epoch, None))
-
-    @hookimpl
-    def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int) -> None:
-        self.log.append(("on_minibatch_begin", epoch, minibatch_id))
-        self.steps_per_epoch.add(minibatches_per_epoch)
-
-    @hookimpl
-    def before_backward(self, epoch: int, minibatch_id: int) -> None:
-        self.log.append(("before_backward", epoch, minibatch_id))
-
-    @hookimpl
-    def before_optimizer_step(self, epoch: int, minibatch_id: int) -> None:
-        self.log.append(("before_optimizer_step", epoch, minibatch_id))
-
-    @hookimpl
-    def on_minibatch_end(self, epoch: int, minibatch_id: int) -> None:
-        self.log.append(("on_minibatch_end", epoch, minibatch_id))
-
-    @hookimpl
-    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
-        self.log.append(("on_epoch_end", epoch, None))
-        self.metrics.append(dict(metrics))
-
-    def count(self, event: str) -> int:
-        """How often ``event`` was heard."""
-        return sum(1 for name, _, _ in self.log if name == event)
