@@ -73,18 +73,6 @@ def command_args(path: Path) -> Any:
     return app_module().build_parser().parse_args(header(path).argv)
 
 
-class Adapted(nn.Module):
-    """A teacher that takes another input shape, run on the student's batches (as the application does)."""
-
-    def __init__(self, model: nn.Module, student_arch: str, teacher_arch: str) -> None:
-        super().__init__()
-        self.model = model
-        self.adapt = input_adapter(DATASET, student_arch, teacher_arch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x if self.adapt is None else self.adapt(x))
-
-
 @dataclass
 class Setup:
     """One schedule built as the application builds it, on digits-shaped random batches."""
@@ -110,7 +98,11 @@ def setup(path: Path, batches: int = 2) -> Setup:
     model = digits_model(args.arch)
     teacher = None
     if args.kd_teacher:
-        teacher = Adapted(digits_model(args.kd_teacher), args.arch, args.kd_teacher)
+        # a teacher that takes another input shape runs on the student's batches, as in the application
+        teacher = digits_model(args.kd_teacher)
+        adapt = input_adapter(DATASET, args.arch, args.kd_teacher)
+        if adapt is not None:
+            teacher = app_module().AdaptedInput(teacher, adapt)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     sched = build(path, model, optimizer, teacher=teacher)
