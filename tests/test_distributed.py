@@ -9,7 +9,6 @@ import gc
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -24,12 +23,8 @@ import hookprune
 from hookprune import distributed, hookimpl, models
 from hookprune.plugins import DISABLE_AUTOLOAD_ENV
 from tests.loops import run
-from tests.test_compress_classifier import final_state
+from tests.test_compress_classifier import AGP, APP, app, final_state
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "examples" / "classifier_compression" / "compress_classifier.py"
-AGP = ROOT / "examples" / "schedules" / "lenet300_100.agp.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 WORLD = 2
 
 
@@ -323,15 +318,6 @@ def test_each_rank_trains_on_its_shard_of_one_order_that_is_a_function_of_seed_a
 
 
 # -- the example application -----------------------------------------------------------------------------------
-
-
-def app(*argv: str, cwd: Path, ranks: int = 0) -> subprocess.CompletedProcess:
-    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
-    # torchrun leaves its log folders and error files in the temporary directory: keep them in the test's own.
-    result = subprocess.run([sys.executable, *launcher, str(APP), *argv], cwd=cwd, env={**ENV, "TMPDIR": str(cwd)},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def layer_rows(stdout: str) -> dict[str, str]:
