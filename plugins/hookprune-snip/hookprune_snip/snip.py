@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from hookprune import hookimpl
-from hookprune.pruning.base import ArgumentError
+from hookprune.pruning.base import ArgumentError, OwnLevel
 from hookprune.selection import global_keep_masks, level_keep_mask
 
 __all__ = ["SNIPPruner", "Scope"]
@@ -24,7 +24,7 @@ Scope = Literal["global", "layer"]
 SCOPES: tuple[str, ...] = ("global", "layer")
 
 
-class SNIPPruner:
+class SNIPPruner(OwnLevel):
     """Remove the ``int(sparsity * n)`` connections of ``weights`` with the smallest ``|w * dL/dw|``, once.
 
     The scores are taken from the training loop's own gradients at ``before_optimizer_step`` of the
@@ -58,15 +58,9 @@ class SNIPPruner:
     # -- a policy's 'levels' does not apply ---------------------------------------------------
 
     @property
-    def levels(self) -> dict[str, float] | None:
-        """Always None: the level is ``sparsity``, counted by ``scope``."""
-        return None
-
-    @levels.setter
-    def levels(self, levels: dict[str, float] | None) -> None:
-        if levels is not None:
-            raise ValueError(f"SNIPPruner '{self.name}' takes its level from 'sparsity' and 'scope'; "
-                             "a policy's 'levels' does not apply")
+    def level_source(self) -> str:  # type: ignore[override]
+        """Why a policy's ``levels`` is refused (:class:`~hookprune.pruning.base.OwnLevel`), naming this instance."""
+        return f"'{self.name}' takes its level from 'sparsity' and 'scope'"
 
     # -- hooks --------------------------------------------------------------------------------
 
