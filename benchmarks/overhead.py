@@ -57,9 +57,9 @@ from torch.nn.utils import prune
 
 import hookprune
 from hookprune import hookimpl, models
-from hookprune.plugins import DISABLE_AUTOLOAD_ENV, autoloaded_plugins
+from hookprune._engine.registry import DISABLE_AUTOLOAD_ENV, autoloaded_plugins
+from hookprune._engine.scheduler import CompressionScheduler
 from hookprune.pruning.agp import agp_target
-from hookprune.scheduler import CompressionScheduler
 
 from machine import header, load_average, synchronize
 

@@ -4,12 +4,9 @@
     hookprune.fire("on_epoch_begin", epoch=0)
 """
 
-from hookprune.errors import ScheduleError
-from hookprune.events import Event
-from hookprune.hookspecs import hookimpl
-from hookprune.knowledge_distillation import DistillationLossWeights, KnowledgeDistillationPolicy
-from hookprune.masks import ParameterMasker
-from hookprune.policies import (
+from hookprune._engine.masks import ParameterMasker
+from hookprune._engine.scheduler import CompressionScheduler, active, fire
+from hookprune.compat.distiller import (
     LossComponent,
     LossTerm,
     LRPolicy,
@@ -18,8 +15,11 @@ from hookprune.policies import (
     QuantizationPolicy,
     RegularizationPolicy,
 )
-from hookprune.schedule import build, dict_config, file_config, load
-from hookprune.scheduler import CompressionScheduler, active, fire
+from hookprune.config.builder import build, dict_config, file_config, load
+from hookprune.errors import ScheduleError
+from hookprune.events import Event
+from hookprune.hookspecs import hookimpl
+from hookprune.knowledge_distillation import DistillationLossWeights, KnowledgeDistillationPolicy
 
 __version__ = "0.1.0"
 

@@ -15,8 +15,8 @@ def _check(args: argparse.Namespace) -> int:
     import torch
 
     from hookprune import models
+    from hookprune.config.builder import build
     from hookprune.errors import ScheduleError, ScheduleWarning
-    from hookprune.schedule import build
 
     try:
         model = models.create_model(args.arch, device="meta")
@@ -54,7 +54,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from hookprune import plugins
+    from hookprune._engine import registry as plugins
 
     print("Schedule classes (entry point group 'hookprune.classes'):")
     providers = plugins.class_providers()

@@ -14,7 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from hookprune.scheduler import CompressionScheduler
+    from hookprune._engine.scheduler import CompressionScheduler
 
 PROJECT = "hookprune"
 

@@ -41,14 +41,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from hookprune._engine.params import normalize_name
 from hookprune.apputils.checkpoint import describe_load_failure
+from hookprune.compat.distiller import LossTerm, Policy
 from hookprune.hookspecs import hookimpl
-from hookprune.params import normalize_name
-from hookprune.policies import LossTerm, Policy
 from hookprune.pruning.base import ArgumentError
 
 if TYPE_CHECKING:
-    from hookprune.scheduler import CompressionScheduler
+    from hookprune._engine.scheduler import CompressionScheduler
 
 DistillationLossWeights = namedtuple("DistillationLossWeights", ["distill", "student", "teacher"])
 DistillationLossWeights.__doc__ = ("Distiller's three loss weights: student vs. teacher soft targets, student vs. "

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hookprune._engine.params import ParamIndex
 from hookprune.errors import suggest
-from hookprune.params import ParamIndex
 from hookprune.pruning.structures import (
     count_to_prune,
     expand_structure_mask,

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hookprune import cli, models, plugins
+from hookprune import cli, models
+from hookprune._engine import registry as plugins
+from hookprune.config.reader import read_schedule
 from hookprune.errors import ScheduleError, ScheduleWarning
-from hookprune.source import read_schedule
 from tests.conftest import CORPUS
 
 

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import hookprune
 from hookprune import distributed, hookimpl, models
-from hookprune.plugins import DISABLE_AUTOLOAD_ENV
+from hookprune._engine.registry import DISABLE_AUTOLOAD_ENV
 from tests.loops import run
 from tests.test_compress_classifier import AGP, APP, app, final_state
 

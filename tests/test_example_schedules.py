@@ -24,8 +24,8 @@ import hookprune
 from hookprune import cli, models
 from hookprune import knowledge_distillation as kd
 from hookprune.apputils.data_loaders import input_adapter, sample_shape
+from hookprune.config.builder import build
 from hookprune.pruning import structures
-from hookprune.schedule import build
 from hookprune.thinning.extensions import StructureRemover
 from tests.loops import run
 

@@ -9,8 +9,8 @@ import torch
 
 import hookprune
 from hookprune import Event, hookimpl, hookspecs
+from hookprune._engine.registry import HOOK_NAMES
 from hookprune.events import EVENT_ARGS
-from hookprune.plugins import HOOK_NAMES
 
 STEP = ("scheduler", "model", "optimizer", "epoch", "minibatch_id", "minibatches_per_epoch")
 CONTRACT = {
@@ -87,7 +87,7 @@ def test_hook_asking_for_an_argument_it_is_not_given(lenet):
 
 
 def test_module_level_fire_needs_an_active_scheduler(lenet):
-    from hookprune import scheduler as scheduler_module
+    from hookprune._engine import scheduler as scheduler_module
 
     scheduler_module.set_active(None)
     with pytest.raises(RuntimeError, match="no active compression scheduler"):

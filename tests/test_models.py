@@ -13,8 +13,8 @@ from torch import nn
 
 import hookprune
 from hookprune import cli, models
+from hookprune._engine.params import LEGACY_RULES, LegacyRule, ParamIndex
 from hookprune.errors import ScheduleError, ScheduleWarning
-from hookprune.params import LEGACY_RULES, LegacyRule, ParamIndex
 from tests.conftest import CORPUS
 from tests.test_corpus import manifest
 

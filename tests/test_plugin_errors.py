@@ -126,7 +126,7 @@ import warnings
 import torch
 
 import hookprune
-from hookprune import plugins
+from hookprune._engine import registry as plugins
 from hookprune.models import create_model
 
 

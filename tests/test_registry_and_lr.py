@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hookprune
-from hookprune import plugins
+from hookprune._engine import registry as plugins
 from hookprune.lr import MultiStepMultiGammaLR, PolynomialLR
 
 TORCH_SCHEDULERS = sorted(

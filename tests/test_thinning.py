@@ -13,7 +13,8 @@ import torchvision
 from torch import nn
 
 import hookprune
-from hookprune import models, plugins
+from hookprune import models
+from hookprune._engine import registry as plugins
 from hookprune.errors import ScheduleWarning
 from hookprune.thinning import (
     StructureRemover,

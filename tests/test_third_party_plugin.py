@@ -127,7 +127,7 @@ import sys
 import torch
 
 import hookprune
-from hookprune import plugins
+from hookprune._engine import registry as plugins
 from hookprune.models import create_model
 
 # Installed and visible, yet not imported unless a schedule names it.

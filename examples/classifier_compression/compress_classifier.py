@@ -40,6 +40,7 @@ from tqdm import tqdm
 import hookprune
 from hookprune import distributed, models, sensitivity
 from hookprune import knowledge_distillation as kd
+from hookprune._engine.params import normalize_name
 from hookprune.apputils.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -48,9 +49,8 @@ from hookprune.apputils.checkpoint import (
     save_checkpoint,
 )
 from hookprune.apputils.data_loaders import DATASETS, classes_of, input_adapter, load_data, sample_shape, set_epoch
+from hookprune.config.reader import read_schedule
 from hookprune.errors import suggest
-from hookprune.params import normalize_name
-from hookprune.source import read_schedule
 from hookprune.sparsity import format_table, sparsity_report, total_sparsity
 
 PROG = "compress_classifier.py"

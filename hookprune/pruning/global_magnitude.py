@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from hookprune.params import ParamIndex
+from hookprune._engine.params import ParamIndex
 from hookprune.pruning.agp import AGPSchedule
 from hookprune.pruning.base import check_fraction, check_weights
 from hookprune.selection import global_keep_masks

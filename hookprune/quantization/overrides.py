@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from hookprune.params import normalize_name
+from hookprune._engine.params import normalize_name
 from hookprune.pruning.base import ArgumentError
 from hookprune.quantization.affine import check_bits
 

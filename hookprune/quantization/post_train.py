@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from hookprune.params import normalize_name
+from hookprune._engine.params import normalize_name
 from hookprune.pruning.base import ArgumentError
 from hookprune.quantization.affine import (
     ClipMode,

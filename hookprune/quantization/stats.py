@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import nn
 
-from hookprune.params import normalize_name
+from hookprune._engine.params import normalize_name
 
 Stats = dict[str, dict[str, Any]]
 

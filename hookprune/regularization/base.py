@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from hookprune._engine.params import ParamIndex
 from hookprune.errors import suggest
-from hookprune.params import ParamIndex
 from hookprune.pruning.base import ArgumentError
 
 #: Distiller's thresholding criteria: the mean magnitude of a group, or its largest magnitude.

@@ -12,7 +12,7 @@ from hookprune.pruning.base import ArgumentError
 from hookprune.thinning.remove import THINNING_FUNCTIONS, Recipe, plan_thinning
 
 if TYPE_CHECKING:
-    from hookprune.scheduler import CompressionScheduler
+    from hookprune._engine.scheduler import CompressionScheduler
 
 #: Input shape (without the batch dimension) of each dataset Distiller's schedules name.
 DATASET_INPUT_SHAPES: dict[str, tuple[int, ...]] = {

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookprune.params import normalize_name
+from hookprune._engine.params import normalize_name
 from hookprune.thinning.graph import ChannelGraph, Space, ThinningError, channel_graph
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,9 @@ from typing import Any
 
 import torch
 
-from hookprune.errors import ScheduleError, Where
-from hookprune.events import EVENT_ARGS, Event
-from hookprune.masks import MaskStore
-from hookprune.params import ParamIndex
-from hookprune.plugins import (
+from hookprune._engine.masks import MaskStore
+from hookprune._engine.params import ParamIndex
+from hookprune._engine.registry import (
     HOOK_NAMES,
     autoloaded_plugins,
     distribution_of,
@@ -29,15 +27,17 @@ from hookprune.plugins import (
     make_plugin_manager,
     validate_plugin,
 )
-from hookprune.policies import (
+from hookprune._engine.windows import Window
+from hookprune.compat.distiller import (
     DistillerPolicyAdapter,
     LossTerm,
     Policy,
     PolicyLoss,
     PruningPolicy,
-    Window,
     is_distiller_policy,
 )
+from hookprune.errors import ScheduleError, Where
+from hookprune.events import EVENT_ARGS, Event
 from hookprune.sparsity import LayerSparsity, sparsity_report, total_sparsity
 
 #: event name -> (the event, the keyword arguments it takes from the loop as a set); an Event hashes and

@@ -15,22 +15,24 @@ from typing import Any
 
 import torch
 
-from hookprune import argtypes, knowledge_distillation, plugins
-from hookprune.errors import ScheduleError, Where, suggest, yaml_kind
-from hookprune.params import ParamIndex, normalize_name
-from hookprune.policies import (
+from hookprune import knowledge_distillation
+from hookprune._engine import registry as plugins
+from hookprune._engine.params import ParamIndex, normalize_name
+from hookprune._engine.scheduler import CompressionScheduler, set_active
+from hookprune._engine.windows import Window
+from hookprune.compat.distiller import (
     DistillerPolicyAdapter,
     LRPolicy,
     PruningArgs,
     PruningPolicy,
     QuantizationPolicy,
     RegularizationPolicy,
-    Window,
     is_distiller_policy,
 )
+from hookprune.config import argtypes
+from hookprune.config.reader import key_where_of, read_schedule, where_of
+from hookprune.errors import ScheduleError, Where, suggest, yaml_kind
 from hookprune.pruning.base import ArgumentError
-from hookprune.scheduler import CompressionScheduler, set_active
-from hookprune.source import key_where_of, read_schedule, where_of
 
 #: section name -> the policy key that refers to its instances
 SECTIONS = {

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hookprune.params import ParamIndex
+from hookprune._engine.params import ParamIndex
 
 _FLAGS = ("mask_on_forward_only", "use_double_copies", "mask_gradients")
 _FORWARD = "forward"

@@ -1,0 +1,1 @@
+"""Compatibility with the APIs hookprune's users come from."""

@@ -1,0 +1,1 @@
+"""Schedules in Distiller's YAML format: reading them safely and building a scheduler from them."""
