@@ -58,8 +58,8 @@ from torch.nn.utils import prune
 import hookprune
 from hookprune import hookimpl, models
 from hookprune._engine.registry import DISABLE_AUTOLOAD_ENV, autoloaded_plugins
-from hookprune._engine.scheduler import CompressionScheduler
-from hookprune.pruning.agp import agp_target
+from hookprune.compat.distiller import CompressionScheduler
+from hookprune.pruning.levels import agp_target
 
 from machine import header, load_average, synchronize
 

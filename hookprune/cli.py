@@ -73,6 +73,8 @@ def _plugins(args: argparse.Namespace) -> int:
         hooks = ", ".join(plugins.hookimpl_names(plugin.obj))
         print(f"  {plugin.provider.name:<{width}}  {plugin.provider.label:<{label_width}} {plugin.provider.value}"
               f"  hooks: {hooks}")
+    for name in sorted(plugins.disabled_plugin_names()):
+        print(f"  {name:<{width}}  disabled by {plugins.DISABLE_PLUGINS_ENV}")
     print(f"Trainer integrations (entry point group '{plugins.INTEGRATIONS_GROUP}'):")
     integrations = plugins.integration_providers()
     if not integrations:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from hookprune._engine.scheduler import CompressionScheduler
+    from hookprune._engine.scheduler import Scheduler as CompressionScheduler
 
 __all__ = [
     "LaunchEnvironment",

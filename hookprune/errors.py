@@ -25,6 +25,14 @@ class ScheduleError(ValueError):
         return f"{where}: {self.message}"
 
 
+class ArgumentError(ValueError):
+    """A constructor argument or policy arg is wrong; ``argument`` names it, so a schedule error points at it."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        super().__init__(message)
+
+
 class ScheduleWarning(UserWarning):
     """Something in a schedule is harmless but worth fixing (a key repeated with the same value)."""
 

@@ -36,12 +36,16 @@ class Event(StrEnum):
     ON_EPOCH_END = "on_epoch_end"
 
 
-#: The arguments each event needs from the loop (the scheduler adds scheduler, model, optimizer).
-EVENT_ARGS: dict[Event, tuple[str, ...]] = {
-    Event.ON_EPOCH_BEGIN: ("epoch",),
-    Event.ON_MINIBATCH_BEGIN: ("epoch", "minibatch_id", "minibatches_per_epoch"),
-    Event.BEFORE_BACKWARD: ("epoch", "minibatch_id", "minibatches_per_epoch", "loss"),
-    Event.BEFORE_OPTIMIZER_STEP: ("epoch", "minibatch_id", "minibatches_per_epoch"),
-    Event.ON_MINIBATCH_END: ("epoch", "minibatch_id", "minibatches_per_epoch"),
-    Event.ON_EPOCH_END: ("epoch", "metrics"),
-}
+def _loop_arguments(event: Event) -> tuple[str, ...]:
+    """The arguments ``event``'s hook specification takes from the loop (all but scheduler, model, optimizer)."""
+    import inspect
+
+    from hookprune import hookspecs
+
+    return tuple(name for name in inspect.signature(getattr(hookspecs, event.value)).parameters
+                 if name not in ("scheduler", "model", "optimizer"))
+
+
+#: The arguments each event needs from the loop (the scheduler adds scheduler, model, optimizer), read from
+#: :mod:`hookprune.hookspecs`.
+EVENT_ARGS: dict[Event, tuple[str, ...]] = {event: _loop_arguments(event) for event in Event}

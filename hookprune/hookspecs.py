@@ -14,7 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from hookprune._engine.scheduler import CompressionScheduler
+    from hookprune.contract import SchedulerView
 
 PROJECT = "hookprune"
 
@@ -24,7 +24,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def on_epoch_begin(
-    scheduler: CompressionScheduler,
+    scheduler: SchedulerView,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     epoch: int,
@@ -40,7 +40,7 @@ def on_epoch_begin(
 
 @hookspec
 def on_minibatch_begin(
-    scheduler: CompressionScheduler,
+    scheduler: SchedulerView,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     epoch: int,
@@ -56,7 +56,7 @@ def on_minibatch_begin(
 
 @hookspec
 def before_backward(
-    scheduler: CompressionScheduler,
+    scheduler: SchedulerView,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     epoch: int,
@@ -74,7 +74,7 @@ def before_backward(
 
 @hookspec
 def before_optimizer_step(
-    scheduler: CompressionScheduler,
+    scheduler: SchedulerView,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     epoch: int,
@@ -90,7 +90,7 @@ def before_optimizer_step(
 
 @hookspec
 def on_minibatch_end(
-    scheduler: CompressionScheduler,
+    scheduler: SchedulerView,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     epoch: int,
@@ -103,7 +103,7 @@ def on_minibatch_end(
 
 @hookspec
 def on_epoch_end(
-    scheduler: CompressionScheduler,
+    scheduler: SchedulerView,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     epoch: int,

@@ -43,12 +43,12 @@ import torch.nn.functional as F
 
 from hookprune._engine.params import normalize_name
 from hookprune.apputils.checkpoint import describe_load_failure
-from hookprune.compat.distiller import LossTerm, Policy
+from hookprune.contract import LossTerm, Policy, SchedulerView
+from hookprune.errors import ArgumentError
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.base import ArgumentError
 
 if TYPE_CHECKING:
-    from hookprune._engine.scheduler import CompressionScheduler
+    from hookprune.compat.distiller import CompressionScheduler
 
 DistillationLossWeights = namedtuple("DistillationLossWeights", ["distill", "student", "teacher"])
 DistillationLossWeights.__doc__ = ("Distiller's three loss weights: student vs. teacher soft targets, student vs. "
@@ -95,7 +95,9 @@ def _weight(argument: str, what: str, value: Any) -> float:
     return float(value)
 
 
-class KnowledgeDistillationPolicy(Policy):
+class KnowledgeDistillationPolicy:
+    #: whether the policy scales the loss as the hooks before it left it (Distiller's chaining)
+    policy_args = {"chain_loss": bool}
     """Distil ``teacher`` into ``student`` in the epochs of the policy's window.
 
     The training loop calls :meth:`forward` instead of the student: in the window it runs the teacher
@@ -108,9 +110,15 @@ class KnowledgeDistillationPolicy(Policy):
     ``(student_w - 1) * loss + distill_w * T**2 * KL``, named ``distillation`` in ``scheduler.loss_components``.
 
     The ``T**2`` is Hinton et al.'s: the soft targets' gradients shrink as ``1/T**2``, and the factor keeps the
-    two losses balanced whatever the temperature. Distiller left it out, so its distill weight for ``T > 1``
-    equals ours times ``T**2``. Unlike Distiller, whose cached student logits were a detached copy, the term's
-    gradient reaches the student.
+    two losses balanced whatever the temperature. Distiller's ``before_backward_pass`` computes the KL term without
+    it (``F.kl_div(...) / batch_size``), so a Distiller distill weight ``w`` at ``T > 1`` is ``w / T**2`` here.
+    Unlike Distiller, whose cached student logits were a new leaf tensor (``out.new_tensor(out,
+    requires_grad=True)``), the term's gradient reaches the student.
+
+    With the policy arg ``chain_loss`` (set when the policy is added through Distiller's ``add_policy``), the
+    policy works on the loss as the hooks before it left it (the scheduler's ``loss_so_far``), as Distiller's
+    policies chain: ``student_w`` then scales a regularizer's term too. Without it (a schedule's ``distillers``),
+    it adds its term to the loop's loss like any native hook.
     A non-zero teacher weight is refused, as Distiller does: the hook receives the student's loss but not
     the labels, so there is no teacher-vs-labels loss to add; train or fine-tune the teacher beforehand.
     """
@@ -119,7 +127,6 @@ class KnowledgeDistillationPolicy(Policy):
 
     def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, temperature: float = 1.0,
                  loss_weights: DistillationLossWeights = DEFAULT_LOSS_WEIGHTS) -> None:
-        super().__init__()
         if not isinstance(student, torch.nn.Module):
             raise ArgumentError("student", f"the student must be a torch.nn.Module, got {type(student).__name__}")
         if not isinstance(teacher, torch.nn.Module):
@@ -176,9 +183,15 @@ class KnowledgeDistillationPolicy(Policy):
         """Distil from now on: the scheduler calls this only in the policy's epochs."""
         self.active = True
 
+    def check_policy(self, policy: Policy) -> None:
+        """Refuse a ``chain_loss`` that is not a boolean."""
+        if not isinstance(policy.arg("chain_loss", False), bool):
+            raise ArgumentError("chain_loss", f"'chain_loss' must be true or false, got {policy.arg('chain_loss')!r}")
+
     @hookimpl
-    def before_backward(self, loss: torch.Tensor) -> LossTerm | None:
-        """The additive term ``(student_w - 1) * loss + distill_w * T**2 * KL`` from the logits :meth:`forward` kept."""
+    def before_backward(self, scheduler: SchedulerView, loss: torch.Tensor) -> LossTerm | None:
+        """The additive term ``(student_w - 1) * loss + distill_w * T**2 * KL`` from the logits :meth:`forward` kept
+        (with ``chain_loss``, ``loss`` is the scheduler's ``loss_so_far``)."""
         if not self.active:
             return None
         student_logits, teacher_logits = self.last_students_logits, self.last_teacher_logits
@@ -191,8 +204,12 @@ class KnowledgeDistillationPolicy(Policy):
                                f"under torch.no_grad(), such as validation, not this step's): {_MISSING_FORWARD}")
         kd_loss = self.distillation_loss(student_logits, teacher_logits)
         self.last_distill_loss = kd_loss.detach()
-        return LossTerm(LOSS_TERM_NAME, (self.loss_wts.student - 1) * loss
-                        + self.loss_wts.distill * self.temperature ** 2 * kd_loss)
+        distill = self.loss_wts.distill * self.temperature ** 2 * kd_loss
+        policy = scheduler.policy_of(self)
+        if policy is not None and policy.arg("chain_loss") and scheduler.loss_so_far is not None:
+            running = scheduler.loss_so_far
+            return LossTerm(LOSS_TERM_NAME, self.loss_wts.student * running + distill - running)
+        return LossTerm(LOSS_TERM_NAME, (self.loss_wts.student - 1) * loss + distill)
 
     @hookimpl
     def on_epoch_end(self) -> None:
@@ -209,13 +226,27 @@ class KnowledgeDistillationPolicy(Policy):
         self.active = bool(state.get("active", False))
 
 
+def distillers_of(scheduler: CompressionScheduler) -> list[Any]:
+    """The instances ``scheduler`` schedules under ``distiller`` policies (a schedule's ``distillers``, or a
+    ``KnowledgeDistillationPolicy`` given to ``add_policy``), in policy order."""
+    found: list[Any] = []
+    for policy in scheduler.scheduled:
+        if policy.kind == "distiller" and not any(policy.instance is f for f in found):
+            found.append(policy.instance)
+    return found
+
+
+def distills(scheduler: CompressionScheduler) -> bool:
+    """True when ``scheduler`` has a knowledge-distillation policy."""
+    return bool(distillers_of(scheduler))
+
+
 def forward(scheduler: CompressionScheduler, *inputs: Any) -> Any:
     """Run the model of ``scheduler`` on ``inputs`` through the distiller active now, if there is one.
 
     With no distiller scheduled, or none in this epoch, this is ``scheduler.model(*inputs)``.
     """
-    distillers = [p for p in scheduler.sched_metadata if isinstance(p, KnowledgeDistillationPolicy)]
-    active = [d for d in distillers if d.active]
+    active = [d for d in distillers_of(scheduler) if d.active]
     if len(active) > 1:
         raise RuntimeError(f"{len(active)} knowledge distillation policies are active in this epoch; "
                            "give their windows disjoint epochs, or call each policy's forward yourself")
@@ -233,7 +264,7 @@ def routed_forward(scheduler: CompressionScheduler, model: torch.nn.Module, hint
     ``compute_loss``). Inputs must be positional; ``hint`` ends the error raised for keyword inputs. A schedule
     without distillers leaves ``model`` as it is, keyword inputs and all.
     """
-    if not any(isinstance(p, KnowledgeDistillationPolicy) for p in scheduler.sched_metadata):
+    if not distills(scheduler):
         yield
         return
     own = model.__dict__.get("forward")
@@ -315,12 +346,13 @@ def _some(names: list[str], shown: int = 3) -> str:
     return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def distiller_from_schedule(student: torch.nn.Module, teacher: torch.nn.Module | None = None, *,
+def distiller_from_schedule(model: torch.nn.Module, teacher: torch.nn.Module | None = None, *,
                             teacher_arch: str | None = None, teacher_args: dict[str, Any] | None = None,
                             teacher_checkpoint: str | None = None, temperature: float = 1.0,
                             distill_weight: float = 0.5, student_weight: float = 0.5,
                             teacher_weight: float = 0.0) -> KnowledgeDistillationPolicy:
-    """Build a distiller from the keys of a schedule's ``distillers:`` entry.
+    """Build a distiller from the keys of a schedule's ``distillers:`` entry (registered as the schedule class
+    ``KnowledgeDistillationPolicy``; ``model`` is the student).
 
     The teacher is ``teacher`` (given to ``hookprune.load(..., teacher=...)``) or, with ``teacher_arch``,
     ``hookprune.models.create_model(teacher_arch, **teacher_args)`` on the student's device; either way
@@ -342,7 +374,7 @@ def distiller_from_schedule(student: torch.nn.Module, teacher: torch.nn.Module |
         from hookprune.models import create_model
 
         try:
-            teacher = create_model(str(teacher_arch), device=_device_of(student), **(teacher_args or {}))
+            teacher = create_model(str(teacher_arch), device=_device_of(model), **(teacher_args or {}))
         except ValueError as exc:
             raise ArgumentError("teacher_arch", str(exc)) from None
         except TypeError as exc:
@@ -352,7 +384,7 @@ def distiller_from_schedule(student: torch.nn.Module, teacher: torch.nn.Module |
     keys = {"loss_weights.distill": "distill_weight", "loss_weights.student": "student_weight",
             "loss_weights.teacher": "teacher_weight"}
     try:
-        return KnowledgeDistillationPolicy(student, teacher, temperature,
+        return KnowledgeDistillationPolicy(model, teacher, temperature,
                                            DistillationLossWeights(distill_weight, student_weight, teacher_weight))
     except ArgumentError as exc:
         raise ArgumentError(keys.get(exc.argument, exc.argument), str(exc)) from None

@@ -10,7 +10,7 @@ back with :func:`sensitivities_from_csv`, and plotted with :func:`sensitivities_
 Groups:
 
 - ``element``: exactly ``int(sparsity * numel)`` elements of smallest magnitude are zeroed (ties:
-  lowest index first), as :class:`~hookprune.pruning.level.SparsityLevelParameterPruner` does.
+  lowest index first), as :class:`~hookprune.pruning.magnitude.SparsityLevelParameterPruner` does.
 - ``filter`` / ``channel``: the filters (dim 0) / input channels (dim 1) of a 4-D convolution
   weight with the smallest mean absolute value, counted and ranked as
   :class:`~hookprune.pruning.ranked.L1RankedStructureParameterPruner` does; level 1.0 zeroes every

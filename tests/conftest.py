@@ -1,13 +1,23 @@
-"""Shared fixtures: small real models and the Distiller schedule corpus."""
+"""Shared fixtures: small real models and the Distiller schedule corpus.
+
+The core suite runs without auto-loaded hook plugins (``HOOKPRUNE_DISABLE_PLUGIN_AUTOLOAD=1``, inherited by the
+processes the tests start), so it does not depend on which plugin distributions happen to be installed; tests of
+auto-loading give their subprocesses an environment without it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from hookprune import models
+from hookprune._engine import registry
+
+os.environ[registry.DISABLE_AUTOLOAD_ENV] = "1"
+registry.refresh()
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "distiller-schedules"
 

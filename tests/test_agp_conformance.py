@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import hookprune
-from hookprune.pruning.agp import agp_target
+from hookprune.pruning.levels import agp_target
 
 # NNZ per layer in the sparsity table Distiller logged for this schedule (in the file's comments)
 DISTILLER_NNZ = {

@@ -15,8 +15,7 @@ import hookprune
 from hookprune import models
 from hookprune.errors import ScheduleWarning
 from hookprune.pruning import structures
-from hookprune.pruning.agp import AutomatedGradualPruner
-from hookprune.pruning.level import SparsityLevelParameterPruner
+from hookprune.pruning.magnitude import AutomatedGradualPruner, SparsityLevelParameterPruner
 from tests.conftest import CORPUS
 from tests.test_corpus import manifest, missing_pieces
 

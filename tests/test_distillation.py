@@ -178,12 +178,12 @@ def test_the_active_flag_is_scheduler_state():
     sched, _ = scheduled(mlp(), teacher_net(), start=0, end=2)
     sched.fire("on_epoch_begin", epoch=0)
     state = sched.state_dict()
-    assert state["policies"] == [{"active": True}]
+    assert list(state["plugins"].values()) == [{"active": True}]
     fresh, fresh_policy = scheduled(mlp(), teacher_net(), start=0, end=2)
     fresh.load_state_dict(state)
     assert fresh_policy.active is True
     sched.fire("on_epoch_end", epoch=0)
-    assert sched.state_dict()["policies"] == [{"active": False}]
+    assert list(sched.state_dict()["plugins"].values()) == [{"active": False}]
 
 
 def test_calling_the_model_instead_of_forward_is_an_error_naming_the_fix():
@@ -361,9 +361,8 @@ def test_a_checkpoint_needing_pickled_classes_is_refused_at_its_line(tmp_path):
     ("    temperature: 3.0\n", "    temperature: -1\n", True,
      "4:18: distillers.kd (KnowledgeDistillationPolicy): the temperature must be a number > 0, got -1"),
     ("  kd:\n", "  kd:\n    class: KnowledgeDistilationPolicy\n", True,
-     "4:12: distillers.kd: unknown class 'KnowledgeDistilationPolicy' (did you mean "
-     "'KnowledgeDistillationPolicy'?); 'distillers' hold KnowledgeDistillationPolicy instances ('class' may be "
-     "left out)"),
+     "4:12: unknown class 'KnowledgeDistilationPolicy' (did you mean 'KnowledgeDistillationPolicy'?); "
+     "'hookprune plugins' lists the installed ones"),
     ("  kd:\n", "  kd:\n    teacher_arch: lenet300-100\n", False,
      "4:19: distillers.kd (KnowledgeDistillationPolicy): unknown architecture 'lenet300-100' (did you mean "
      "'lenet300_100'?)"),
@@ -375,7 +374,7 @@ def test_a_checkpoint_needing_pickled_classes_is_refused_at_its_line(tmp_path):
      "'teacher_checkpoint'), or pass the teacher model as hookprune.load(schedule, model, optimizer, "
      "teacher=teacher)"),
     ("      instance_name: kd\n", "      instance_name: kd\n      args: {keep_mask: true}\n", True,
-     "10:14: policy for 'kd': unknown arg 'keep_mask'; a distiller policy takes no args"),
+     "10:14: policy for 'kd': unknown arg 'keep_mask'; it takes: chain_loss"),
     ("      instance_name: kd\n", "      instance_name: k\n", True,
      "9:22: distiller instance 'k' is not declared under 'distillers' (did you mean 'kd'?)"),
 ])

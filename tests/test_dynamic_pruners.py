@@ -13,8 +13,8 @@ from torch import nn
 
 import hookprune
 from hookprune.pruning.activation import ActivationAPoZRankedFilterPruner
-from hookprune.pruning.agp import agp_target
 from hookprune.pruning.baidu_rnn import BaiduRNNPruner, baidu_threshold
+from hookprune.pruning.levels import agp_target
 from hookprune.pruning.splicing import SplicingPruner
 from hookprune.pruning.structures import count_to_prune
 from tests.loops import run
@@ -385,14 +385,14 @@ def test_splicing_keeps_the_previous_decision_between_the_thresholds_and_splices
         layer.weight.copy_(torch.tensor([[0.1, 0.2, 0.5, 1.0, 2.0], [0.3, 0.4, 0.6, 0.8, 1.1]]))
     sched = hookprune.CompressionScheduler(layer)
     pruner = SplicingPruner("s", {"weight": 0.5}, low_thresh_mult=0.9, hi_thresh_mult=1.1)
-    meta = {"starting_epoch": 0, "current_epoch": 0}
     magnitude = layer.weight.detach().abs()
     base = magnitude.mean().item() + magnitude.std().item() * 0.5
     low, high = base * 0.9, base * 1.1
     assert pruner.thresholds(layer.weight, "weight", 0.5) == pytest.approx((low, high))
     assert 0.8 < low < 0.9 and 1.0 < high < 1.1
 
-    pruner.set_param_mask(layer.weight, "weight", sched.zeros_mask_dict, meta)
+    sched.add_policy(pruner, epochs=[0])
+    sched.fire("on_epoch_begin", epoch=0)
     # 1.0 lies between the thresholds and starts out kept (no mask yet: everything is kept)
     assert sched.masks["weight"].tolist() == [[False, False, False, True, True], [False, False, False, False, True]]
     with torch.no_grad():
@@ -401,16 +401,18 @@ def test_splicing_keeps_the_previous_decision_between_the_thresholds_and_splices
         layer.weight[0, 3] = 0.85    # kept, now below the low threshold: pruned
         layer.weight[1, 4] = 0.9     # kept, now between the thresholds: stays kept
         layer.weight[1, 0] = 5.0     # an outlier does not move the thresholds, fixed at the first call
-    pruner.set_param_mask(layer.weight, "weight", sched.zeros_mask_dict, meta)
+    sched.fire("on_epoch_begin", epoch=0)
     assert sched.masks["weight"].tolist() == [[False, True, False, False, True], [True, False, False, False, True]]
     assert pruner.thresholds(layer.weight, "weight", 0.5) == pytest.approx((low, high))
 
 
 def test_splicing_sensitivity_grows_linearly_with_the_epoch():
     pruner = SplicingPruner("s", {"*": 0.2}, 0.9, 1.1, sensitivity_multiplier=0.015)
-    meta = {"starting_epoch": 10, "current_epoch": 30}
-    assert pruner.sensitivity("any.weight", meta) == pytest.approx(0.2 * (20 * 0.015 + 1))
-    assert SplicingPruner("s", {"a.weight": 0.2}, 0.9, 1.1).sensitivity("b.weight", meta) is None
+    sched = hookprune.CompressionScheduler(nn.Linear(2, 2))
+    sched.add_policy(pruner, starting_epoch=10, ending_epoch=40)
+    step = pruner.step(sched, sched.policy_of(pruner, 30), 30)
+    assert pruner.sensitivity("any.weight", step) == pytest.approx(0.2 * (20 * 0.015 + 1))
+    assert SplicingPruner("s", {"a.weight": 0.2}, 0.9, 1.1).sensitivity("b.weight", step) is None
 
 
 def test_splicing_runs_every_minibatch_forward_only_as_distillers_network_surgery_schedule():
@@ -532,8 +534,7 @@ def test_baidu_minibatch_granularity_raises_the_threshold_inside_an_epoch():
     assert kept[0].sum() > kept[3].sum() > kept[4].sum() > kept[7].sum()
     # at each epoch's first minibatch the threshold is Distiller's epoch threshold
     pruner = sched.instances["p"]
-    assert pruner.threshold({"starting_epoch": 2, "ending_epoch": 8, "frequency": 1, "current_epoch": 3}) == \
-        baidu_threshold(0.3, 2, 1.5, 2, 8, 1, 3.0)
+    assert pruner.threshold(sched.policy_of(pruner, 3), 3) == baidu_threshold(0.3, 2, 1.5, 2, 8, 1, 3.0)
 
 
 def test_baidu_pruner_refuses_a_ramp_offset_beyond_its_window():

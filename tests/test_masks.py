@@ -97,8 +97,7 @@ def test_mini_batch_pruning_frequency_prunes_within_the_epoch(lenet):
     optimizer = torch.optim.SGD(lenet.parameters(), lr=0.1)
     schedule = {
         "pruners": {"p": {"class": "SparsityLevelParameterPruner", "levels": {"fc1.weight": 0.1}}},
-        "policies": [{"pruner": {"instance_name": "p", "args": {"mini_batch_pruning_frequency": 2,
-                                                                  "levels": {"fc1.weight": 0.1}}},
+        "policies": [{"pruner": {"instance_name": "p", "args": {"mini_batch_pruning_frequency": 2}},
                       "epochs": [0]}],
     }
     sched = hookprune.load(schedule, lenet, optimizer)
@@ -126,7 +125,7 @@ def test_skip_first_minibatch_sets_the_first_masks_at_the_second_minibatch(lenet
 
 def agp_level(epoch: int) -> float:
     """agp_schedule's target at ``epoch`` (0.2 to 0.7 over epochs 0..2)."""
-    from hookprune.pruning.agp import agp_target
+    from hookprune.pruning.levels import agp_target
 
     return agp_target(0.2, 0.7, 0, 3, 1, epoch)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hookprune
-from hookprune.pruning.agp import agp_target
+from hookprune.pruning.levels import agp_target
 from hookprune.pruning.nm import nm_keep_mask
 from hookprune.selection import global_keep_masks
 from tests.loops import train

@@ -53,7 +53,7 @@ def test_classes_are_imported_only_when_a_schedule_names_them():
         "hookprune.load({'pruners': {'p': {'class': 'AutomatedGradualPruner', 'initial_sparsity': 0.1,"
         " 'final_sparsity': 0.5, 'weights': ['weight']}},"
         " 'policies': [{'pruner': {'instance_name': 'p'}, 'starting_epoch': 0, 'ending_epoch': 3}]}, m)\n"
-        "print('hookprune.pruning.agp' in sys.modules, 'hookprune.pruning.magnitude' in sys.modules,"
+        "print('hookprune.pruning.magnitude' in sys.modules, 'hookprune.pruning.ranked' in sys.modules,"
         " 'hookprune.lr' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import hookprune
-from hookprune import RegularizationPolicy, ScheduleError, models
-from hookprune.pruning.agp import agp_target
+from hookprune import ScheduleError, models
 from hookprune.pruning.base import ArgumentError
+from hookprune.pruning.levels import agp_target
 from hookprune.regularization import (
     DropFilterRegularizer,
     GroupLassoRegularizer,
@@ -54,7 +54,9 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
 def total_loss(regularizer, model: nn.Module) -> torch.Tensor:
     running = torch.tensor(0.0)
     for name, param in model.named_parameters():
-        running = regularizer.loss(param, name, running, None)
+        term = regularizer.penalty(name, param)
+        if term is not None:
+            running = running + term
     return running
 
 
@@ -91,14 +93,12 @@ GROUP_CASES = [
 ]
 
 
-def test_l1_loss_is_strength_times_the_sum_of_magnitudes_added_in_place(net):
+def test_l1_loss_is_strength_times_the_sum_of_magnitudes(net):
     reg = L1Regularizer("l1", net, {"conv1.weight": 0.01, "module.fc1.weight": 0.002})
-    running = torch.tensor(0.0)
-    for name, param in net.named_parameters():
-        assert reg.loss(param, name, running, None) is running
     expected = 0.01 * net.conv1.weight.abs().sum() + 0.002 * net.fc1.weight.abs().sum()
-    torch.testing.assert_close(running, expected)
+    torch.testing.assert_close(total_loss(reg, net), expected)
     assert set(reg.reg_regims) == {"conv1.weight", "fc1.weight"}
+    assert reg.penalty("conv2.weight", net.conv2.weight) is None
 
 
 @pytest.mark.parametrize(("group_type", "param_name", "structures"), GROUP_CASES)
@@ -116,9 +116,9 @@ def test_group_lasso_on_known_tensors():
     reg = GroupLassoRegularizer("gl", None, {"w": [0.1, "Filters"], "m": [1.0, "Rows"], "c": [1.0, "Cols"]})
     w = torch.tensor([3.0, 4.0, 0.0, 1.0]).view(2, 1, 1, 2)          # filters [3, 4] and [0, 1]
     m = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
-    torch.testing.assert_close(reg.loss(w, "w", torch.tensor(0.0), None), torch.tensor(0.6))
-    torch.testing.assert_close(reg.loss(m, "m", torch.tensor(0.0), None), torch.tensor(6.0))
-    torch.testing.assert_close(reg.loss(m, "c", torch.tensor(0.0), None), torch.tensor(3.0 + math.sqrt(17.0)))
+    torch.testing.assert_close(reg.penalty("w", w), torch.tensor(0.6))
+    torch.testing.assert_close(reg.penalty("m", m), torch.tensor(6.0))
+    torch.testing.assert_close(reg.penalty("c", m), torch.tensor(3.0 + math.sqrt(17.0)))
 
 
 def test_group_variance_loss_is_strength_over_the_variance_of_channel_norms(net):
@@ -163,10 +163,7 @@ def expected_keep(shape: tuple[int, ...], structure: str, low: list[int]) -> tor
 
 
 def threshold_mask(regularizer, param: torch.Tensor, name: str) -> torch.Tensor | None:
-    slot = RegularizationPolicy.ThresholdSlot()
-    regularizer.threshold(param, name, {name: slot})
-    assert slot.is_regularization_mask == (slot.mask is not None)
-    return slot.mask
+    return regularizer.threshold_mask(name, param)
 
 
 @pytest.mark.parametrize("criteria", ["Mean_Abs", "Max"])

@@ -7,13 +7,12 @@ import functools
 import sys
 from collections import OrderedDict
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+import hookprune
 from hookprune import models
 from hookprune.pruning.ranked import L1RankedStructureParameterPruner
 from hookprune.sensitivity import (
@@ -112,9 +111,10 @@ def test_structure_levels_zero_the_lowest_l1_structures_as_the_ranked_pruner_doe
         assert torch.equal(gone.nonzero().flatten().sort().values, l1.argsort()[:k].sort().values)
         if 0 < level < 1:
             pruner = L1RankedStructureParameterPruner("ranked", group_type, level, ["conv2.weight"])
-            masks: dict[str, Any] = {"conv2.weight": SimpleNamespace(mask=None)}
-            pruner.set_param_mask(model.conv2.weight, "conv2.weight", masks, None)
-            assert torch.equal(seen["conv2.weight"] != 0, masks["conv2.weight"].mask)
+            sched = hookprune.CompressionScheduler(model)
+            sched.add_policy(pruner, epochs=[0])
+            sched.fire("on_epoch_begin", epoch=0)
+            assert torch.equal(seen["conv2.weight"] != 0, sched.masks["conv2.weight"])
         for other in ("conv1.weight", "fc1.weight"):
             assert torch.equal(seen[other], model.get_parameter(other))
 

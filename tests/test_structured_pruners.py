@@ -16,8 +16,8 @@ from torch import nn
 import hookprune
 from hookprune import ScheduleError, models
 from hookprune.errors import ScheduleWarning
-from hookprune.pruning.agp import agp_target
 from hookprune.pruning.base import ArgumentError
+from hookprune.pruning.levels import agp_target
 from hookprune.pruning.ranked import (
     BernoulliFilterPruner,
     BernoulliFilterPruner_AGP,
@@ -307,12 +307,11 @@ def test_policy_levels_override_desired_sparsity():
     assert len(zeroed(sched.masks["conv2.weight"])) == 12
 
 
-def test_pruning_every_filter_is_refused_with_the_layer_named():
-    model = small_net()
-    sched = load({"class": "L1RankedStructureParameterPruner", "group_type": "Filters", "desired_sparsity": 0.5,
-                  "weights": ["conv1.weight"]}, model, args={"levels": {"conv1.weight": 1.0}})
-    with pytest.raises(ValueError, match=r"^pruning all 8 filters of 'conv1.weight' would disconnect the layer"):
-        sched.fire("on_epoch_begin", epoch=0)
+def test_a_policy_level_that_would_prune_every_filter_is_refused_at_load():
+    with pytest.raises(ScheduleError, match=r"policy for 'p': 'levels\['conv1.weight'\]' must be within \[0, 1\), "
+                                            r"got 1.0$"):
+        load({"class": "L1RankedStructureParameterPruner", "group_type": "Filters", "desired_sparsity": 0.5,
+              "weights": ["conv1.weight"]}, small_net(), args={"levels": {"conv1.weight": 1.0}})
 
 
 # -- load-time errors ------------------------------------------------------------------------------------
@@ -432,7 +431,7 @@ def test_bernoulli_drops_whole_filters_and_never_a_whole_layer():
         drops.append(int((~keep).sum()))
     assert 2.5 < sum(drops) / len(drops) < 3.0     # about 0.9 * 4, conditioned on keeping one filter
     agp = BernoulliFilterPruner_AGP("p", 0.05, 0.5, "3D", ["w"], seed=0)
-    assert agp.levels is None
+    assert (agp.initial_sparsity, agp.final_sparsity, agp.desired_sparsity) == (0.05, 0.5, None)
 
 
 def test_random_level_draws_a_level_within_its_range():
@@ -440,7 +439,7 @@ def test_random_level_draws_a_level_within_its_range():
     weight = torch.randn(16, 2, 1, 1)
     counts = set()
     for _ in range(50):
-        keep = pruner.keep_map(weight, "w", pruner.fraction_to_prune("w", None))
+        keep = pruner.keep_map(weight, "w", pruner.level.level("w", None))
         counts.add(int((~keep).sum()))
     assert counts <= set(range(4, 9)) and len(counts) > 2
 
@@ -482,9 +481,10 @@ def test_structure_parameter_pruner_thresholds_structures():
     sched.fire("on_epoch_begin", epoch=0)
     assert zeroed(sched.masks["fc.weight"], 1) == [i for i in range(16) if i != 5]
 
-    pruner = StructureParameterPruner("p", model, {"conv1.weight": [100.0, "3D"]}, "Mean_Abs")
+    sched = load({"class": "StructureParameterPruner", "threshold_criteria": "Mean_Abs",
+                  "reg_regims": {"conv1.weight": [100.0, "3D"]}}, model)
     with pytest.raises(ValueError, match=r"^pruning all 8 filters of 'conv1.weight' would disconnect the layer"):
-        pruner.set_param_mask(model.conv1.weight, "conv1.weight", {}, None)
+        sched.fire("on_epoch_begin", epoch=0)
     with pytest.raises(ArgumentError, match=r"'threshold_criteria' must be Mean_Abs or Max, got 'L1'"):
         StructureParameterPruner("p", model, {"conv1.weight": [0.1, "3D"]}, "L1")
 
@@ -522,8 +522,8 @@ def test_corpus_schedule_runs_and_ends_at_its_structured_level(path, arch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScheduleWarning)
         sched = hookprune.load(CORPUS / path, model, optimizer)
-    ours = {p: p.pruner for p in sched.sched_metadata
-            if type(getattr(p, "pruner", None)).__module__ == "hookprune.pruning.ranked"}
+    ours = {p: p.instance for p in sched.scheduled
+            if p.kind == "pruner" and type(p.instance).__module__ == "hookprune.pruning.ranked"}
     assert ours, "the schedule uses none of the ranked pruners"
     claims: dict[str, int] = {}
     for instance in sched.instances.values():
@@ -533,7 +533,7 @@ def test_corpus_schedule_runs_and_ends_at_its_structured_level(path, arch):
 
     def check(epoch: int) -> None:
         for policy, pruner in ours.items():
-            if epoch != max(policy.window):
+            if epoch != policy.window.last:
                 continue
             for name in pruner.params_names:
                 if claims[name] > 1:
@@ -545,7 +545,7 @@ def test_corpus_schedule_runs_and_ends_at_its_structured_level(path, arch):
                     blocks = structure_scores(mask.float(), "Blocks", block_shape=pruner.block_shape)
                     assert bool(((blocks == 0) | (blocks == 1)).all())
                     assert int((blocks == 0).sum()) == count_to_prune(n, pruner.final_sparsity, param_name=name)
-                elif hasattr(pruner, "final_sparsity") and not isinstance(pruner, BernoulliFilterPruner_AGP):
+                elif pruner.final_sparsity is not None and not isinstance(pruner, BernoulliFilterPruner_AGP):
                     n = mask.shape[dim]
                     expected = count_to_prune(n, pruner.final_sparsity, pruner.group_size, pruner.rounding_fn,
                                               param_name=name)

@@ -161,13 +161,15 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def run_python(site: Path, args: list[str], *, autoload: bool = True,
+def run_python(site: Path, args: list[str], *, autoload: bool = True, disabled: str | None = None,
                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
     env.pop(DISABLE_AUTOLOAD, None)
     if not autoload:
         env[DISABLE_AUTOLOAD] = "1"
+    if disabled is not None:
+        env["HOOKPRUNE_DISABLE_PLUGINS"] = disabled
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=120, check=False)
     assert proc.returncode == 0, (f"{args} exited with {proc.returncode}\nstdout:\n{proc.stdout}\n"
@@ -175,12 +177,13 @@ def run_python(site: Path, args: list[str], *, autoload: bool = True,
     return proc
 
 
-def run_loop(site: Path, folder: Path, schedule: str, *, autoload: bool = True) -> dict[str, Any]:
+def run_loop(site: Path, folder: Path, schedule: str, *, autoload: bool = True,
+             disabled: str | None = None) -> dict[str, Any]:
     script = folder / "loop.py"
     script.write_text(LOOP_SCRIPT)
     schedule_path = folder / "schedule.yaml"
     schedule_path.write_text(schedule)
-    proc = run_python(site, [str(script), str(schedule_path)], autoload=autoload, cwd=folder)
+    proc = run_python(site, [str(script), str(schedule_path)], autoload=autoload, disabled=disabled, cwd=folder)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -242,6 +245,13 @@ def test_tracer_not_loaded_when_autoload_disabled(plugin_site: Path, tmp_path: P
     assert not report["tracer_loaded"]
     assert report["epochs_seen"] == []
     # The schedule's own class still loads through its entry point.
+    assert report["seen"] == expected_events([1, 3])
+
+
+def test_a_hook_plugin_disabled_by_name_is_not_loaded(plugin_site: Path, tmp_path: Path) -> None:
+    report = run_loop(plugin_site, tmp_path, COUNTING_SCHEDULE, disabled="other, tracer")
+    assert not report["tracer_loaded"]
+    assert report["epochs_seen"] == []
     assert report["seen"] == expected_events([1, 3])
 
 

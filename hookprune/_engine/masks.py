@@ -14,9 +14,11 @@ import torch
 
 from hookprune._engine.params import ParamIndex
 
-_FLAGS = ("mask_on_forward_only", "use_double_copies", "mask_gradients")
+#: the options a masked parameter may carry (Distiller's names): a mask applied only before forward passes (the
+#: optimizer keeps updating the pruned weights), the dense weights restored before each optimizer step, the
+#: gradients of masked elements zeroed
+OPTIONS = ("mask_on_forward_only", "use_double_copies", "mask_gradients")
 _FORWARD = "forward"
-_UNSET = object()
 
 
 def multiplier(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
@@ -39,23 +41,6 @@ def _multiply_in_place(groups: list[tuple[list[torch.Tensor], list[torch.Tensor]
         torch._C._set_grad_enabled(enabled)
 
 
-class _Flag:
-    """A masker option whose every change tells the mask store to rebuild what it derives from the options."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, masker: ParameterMasker | None, owner: type | None = None) -> Any:
-        if masker is None:
-            return self
-        return masker.__dict__[self.name]
-
-    def __set__(self, masker: ParameterMasker, value: bool) -> None:
-        if masker.__dict__.get(self.name, _UNSET) is not value:
-            masker.__dict__[self.name] = value
-            masker._store.flags_changed()
-
-
 def as_keep_mask(mask: Any, param: torch.Tensor, what: str) -> torch.Tensor:
     """``mask`` as a detached boolean tensor on ``param``'s device (non-zero keeps); a ValueError saying
     ``what`` has the wrong shape when it does not match ``param``."""
@@ -67,93 +52,15 @@ def as_keep_mask(mask: Any, param: torch.Tensor, what: str) -> torch.Tensor:
     return mask.detach().to(param.device)
 
 
-class ParameterMasker:
-    """Distiller's per-parameter masker (``zeros_mask_dict[name]``), backed by the scheduler's masks.
-
-    Setting ``.mask`` stores a boolean copy, whatever dtype a Distiller pruner hands over.
-    """
-
-    mask_on_forward_only = _Flag()
-    use_double_copies = _Flag()
-    mask_gradients = _Flag()
-
-    def __init__(self, store: MaskStore, param_name: str) -> None:
-        self._store = store
-        self.param_name = param_name
-        self.mask_on_forward_only = False
-        self.use_double_copies = False
-        self.mask_gradients = False
-        self.is_regularization_mask = False
-        self.unmasked_copy: torch.Tensor | None = None
-        self.backward_hook_handle: Any = None
-
-    @property
-    def mask(self) -> torch.Tensor | None:
-        return self._store.get(self.param_name)
-
-    @mask.setter
-    def mask(self, value: torch.Tensor | None) -> None:
-        if value is None:
-            self._store.pop(self.param_name, None)
-        else:
-            self._store[self.param_name] = value
-
-    def mask_tensor(self, tensor: torch.Tensor) -> None:
-        mask = self.mask
-        if mask is not None:
-            with torch.no_grad():
-                tensor.mul_(multiplier(mask, tensor))
-
-    def apply_mask(self, parameter: torch.Tensor) -> torch.Tensor:
-        """Mask ``parameter`` in place, keeping a dense copy first when double copies are on."""
-        if self.mask is None:
-            return parameter
-        if self.use_double_copies:
-            self.unmasked_copy = parameter.detach().clone()
-        self.mask_tensor(parameter)
-        self._store._dirty.discard(self.param_name)
-        if self.is_regularization_mask:
-            self.mask = None
-        return parameter
-
-    def mask_gradient(self, gradient: torch.Tensor) -> torch.Tensor | None:
-        mask = self.mask
-        return None if mask is None else gradient.mul(multiplier(mask, gradient))
-
-    def revert_weights(self, parameter: torch.Tensor) -> None:
-        """Restore the dense copy saved by :meth:`apply_mask` (double copies)."""
-        if not self.use_double_copies or self.unmasked_copy is None:
-            return
-        with torch.no_grad():
-            parameter.copy_(self.unmasked_copy)
-        self.unmasked_copy = None
-
-
-class MaskerDict(Mapping[str, ParameterMasker]):
-    """Distiller's ``zeros_mask_dict``: a masker for every parameter, looked up by any spelling."""
-
-    def __init__(self, store: MaskStore) -> None:
-        self._store = store
-        self._maskers = {name: ParameterMasker(store, name) for name in store.index}
-
-    def __getitem__(self, name: str) -> ParameterMasker:
-        return self._maskers[self._store.resolve(name)]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._maskers)
-
-    def __len__(self) -> int:
-        return len(self._maskers)
-
-
 class MaskStore(MutableMapping[str, torch.Tensor]):
     """``scheduler.masks``: parameter name -> boolean keep-mask (True keeps, False zeroes).
 
     Assigning a mask validates its shape, stores it as ``torch.bool`` on the parameter's device and
-    marks it pending, so the engine applies it before the next forward pass.
+    marks it pending, so the engine applies it before the next forward pass. Every parameter may carry
+    the :data:`OPTIONS` (:meth:`set_options`), which decide when its mask is applied.
 
-    What every minibatch needs is derived once and kept until a mask or a masker's option changes:
-    the fused groups applied after each optimizer step, and the names carrying each option.
+    What every minibatch needs is derived once and kept until a mask or an option changes: the fused
+    groups applied after each optimizer step, and the names carrying each option.
     """
 
     def __init__(self, model: torch.nn.Module, index: ParamIndex | None = None) -> None:
@@ -163,9 +70,13 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
         self._group_devices: list[torch.device] = []
         self._flag_lists: dict[str, list[str]] | None = None
-        self.maskers = MaskerDict(self)
+        #: parameter name -> the options set for it (only those that are True)
+        self._options: dict[str, frozenset[str]] = {}
+        #: parameter name -> its dense weights, kept while ``use_double_copies`` masks it for a forward pass
+        self.dense_copies: dict[str, torch.Tensor] = {}
 
     def resolve(self, name: str) -> str:
+        """The model's spelling of ``name``; KeyError naming the nearest parameters when there is none."""
         actual = self.index.resolve(name) if isinstance(name, str) else None
         if actual is None:
             raise KeyError(self.index.unknown_message(str(name)))
@@ -178,13 +89,19 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         actual = self.resolve(name)
         self._masks[actual] = as_keep_mask(mask, self.index.params[actual], f"mask for '{actual}'")
         self._dirty.add(actual)
-        self.flags_changed()
+        self._changed()
 
     def __delitem__(self, name: str) -> None:
         actual = self.resolve(name)
         del self._masks[actual]
         self._dirty.discard(actual)
-        self.flags_changed()
+        self._changed()
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        actual = self.index.resolve(name)
+        return actual is not None and actual in self._masks
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._masks)
@@ -192,25 +109,57 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._masks)
 
+    # -- options -----------------------------------------------------------------------------
+
+    def options(self, name: str) -> frozenset[str]:
+        """The :data:`OPTIONS` set for parameter ``name``."""
+        return self._options.get(self.resolve(name), frozenset())
+
+    def set_options(self, names: Iterable[str] | None = None, **options: bool) -> None:
+        """Set (True) or clear (False) :data:`OPTIONS` for the named parameters (every parameter when None)."""
+        unknown = [o for o in options if o not in OPTIONS]
+        if unknown:
+            raise ValueError(f"unknown mask option {unknown[0]!r}; options are: {', '.join(OPTIONS)}")
+        targets = list(self.index.params) if names is None else [self.resolve(n) for n in names]
+        on = {o for o, v in options.items() if v}
+        off = {o for o, v in options.items() if not v}
+        changed = False
+        for name in targets:
+            before = self._options.get(name, frozenset())
+            after = (before | on) - off
+            if after != before:
+                changed = True
+                if after:
+                    self._options[name] = frozenset(after)
+                else:
+                    del self._options[name]
+                if "use_double_copies" not in after:
+                    self.dense_copies.pop(name, None)
+        if changed:
+            self._changed()
+
     def mark_all_pending(self) -> None:
         """Apply every mask again before the next forward pass (after loading state, say)."""
         self._dirty.update(self._masks)
 
+    def mark_forward_pending(self) -> None:
+        """Apply the masks of parameters masked only for forward passes (or with double copies) before the next
+        forward pass, as a pruning policy with those options does before each one."""
+        self._dirty.update(self._flags()[_FORWARD])
+
     def _flags(self) -> dict[str, list[str]]:
-        """For each masker option, the masked parameters that have it set, in mask order; under ``_FORWARD``,
-        those with either option applied before a forward pass (cached until a mask or an option changes)."""
+        """For each option, the masked parameters that have it set, in mask order; under ``_FORWARD``, those with
+        either option applied before a forward pass (cached until a mask or an option changes)."""
         lists = self._flag_lists
         if lists is None:
-            maskers = self.maskers._maskers
-            lists = {f: [name for name in self._masks if getattr(maskers[name], f)] for f in _FLAGS}
+            options = self._options
+            lists = {f: [name for name in self._masks if f in options.get(name, ())] for f in OPTIONS}
             lists[_FORWARD] = [name for name in self._masks
-                               if maskers[name].mask_on_forward_only or maskers[name].use_double_copies]
+                               if {"mask_on_forward_only", "use_double_copies"} & options.get(name, frozenset())]
             self._flag_lists = lists
         return lists
 
-    def _flagged(self, flag: str) -> list[str]:
-        """The masked parameters whose masker has ``flag`` set, in mask order (cached)."""
-        return self._flags()[flag]
+    # -- applying ----------------------------------------------------------------------------
 
     @staticmethod
     def _fused_mul(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
@@ -222,27 +171,21 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         _multiply_in_place(list(groups.values()))
 
     def apply(self, names: Iterable[str] | None = None) -> None:
-        """Zero the masked elements of the named parameters (all masked ones when None) in place."""
+        """Zero the masked elements of the named parameters (all masked ones when None) in place, keeping the dense
+        weights first for those with ``use_double_copies``."""
         selected = list(self._masks) if names is None else [self.resolve(n) for n in names]
         selected = [n for n in selected if n in self._masks]
-        maskers = self.maskers._maskers
+        params = self.index.params
         for name in selected:
-            if maskers[name].use_double_copies:
-                maskers[name].unmasked_copy = self.index.params[name].detach().clone()
-        self._fused_mul([self.index.params[n] for n in selected], [self._masks[n] for n in selected])
+            if "use_double_copies" in self._options.get(name, ()):
+                self.dense_copies[name] = params[name].detach().clone()
+        self._fused_mul([params[n] for n in selected], [self._masks[n] for n in selected])
         self._dirty.difference_update(selected)
 
-    def apply_pending(self, forward_policies_active: bool) -> None:
-        """Before a forward pass: apply new masks, and forward-only / double-copy masks while a
-        pruning policy is active."""
-        if not forward_policies_active:
-            if self._dirty:
-                self.apply([n for n in self._masks if n in self._dirty])
-            return
-        forward = self._flags()[_FORWARD]
-        if self._dirty or forward:
-            names = self._dirty.union(forward)
-            self.apply([n for n in self._masks if n in names])
+    def apply_pending(self) -> None:
+        """Before a forward pass: apply the masks that are new since they were last applied."""
+        if self._dirty:
+            self.apply([n for n in self._masks if n in self._dirty])
 
     def apply_after_step(self) -> None:
         """After ``optimizer.step()``: re-mask every weight except forward-only ones, fused."""
@@ -257,14 +200,13 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         if groups:
             _multiply_in_place(groups)
         if self._dirty:
-            self._dirty.intersection_update(self._flagged("mask_on_forward_only"))
+            self._dirty.intersection_update(self._flags()["mask_on_forward_only"])
 
     def _build_groups(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
         """The parameters re-masked after each step and their multipliers, one group per device and dtype."""
-        maskers = self.maskers._maskers
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for name, mask in self._masks.items():
-            if maskers[name].mask_on_forward_only:
+            if "mask_on_forward_only" in self._options.get(name, ()):
                 continue
             param = self.index.params[name]
             if mask.device != param.device:
@@ -276,15 +218,14 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         self._group_devices = [params[0].device for params, _ in self._groups]
         return self._groups
 
-    def flags_changed(self) -> None:
-        """Forget what was derived from the masks and the maskers' options (a masker calls this when an
-        option changes)."""
+    def _changed(self) -> None:
+        """Forget what was derived from the masks and their options."""
         self._groups = None
         self._flag_lists = None
 
     def before_optimizer_step(self) -> None:
         """Between backward and ``optimizer.step()``: mask gradients, then restore double copies, for the
-        maskers with those options (nothing to do, and nearly free, when none has them)."""
+        parameters with those options (nothing to do, and nearly free, when none has them)."""
         lists = self._flags()
         if lists["mask_gradients"]:
             self.mask_gradients()
@@ -292,8 +233,8 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
             self.revert_double_copies()
 
     def mask_gradients(self) -> None:
-        """Zero the gradients of masked elements for maskers with ``mask_gradients``."""
-        flagged = self._flagged("mask_gradients")
+        """Zero the gradients of masked elements for the parameters with ``mask_gradients``."""
+        flagged = self._flags()["mask_gradients"]
         if not flagged:
             return
         names = [n for n in flagged if self.index.params[n].grad is not None]
@@ -301,15 +242,21 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
 
     def revert_double_copies(self) -> None:
         """Give double-copy parameters their dense weights back before the optimizer updates them."""
-        for name in self._flagged("use_double_copies"):
-            self.maskers._maskers[name].revert_weights(self.index.params[name])
+        for name in self._flags()["use_double_copies"]:
+            self.revert_weights(name)
+
+    def revert_weights(self, name: str) -> None:
+        """Restore ``name``'s dense weights kept by the last :meth:`apply` (double copies); nothing without them."""
+        copy = self.dense_copies.pop(name, None)
+        if copy is not None and "use_double_copies" in self._options.get(name, ()):
+            with torch.no_grad():
+                self.index.params[name].copy_(copy)
+
+    # -- state -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        flags = {
-            name: {flag: getattr(m, flag) for flag in _FLAGS}
-            for name, m in self.maskers._maskers.items()
-            if any(getattr(m, flag) for flag in _FLAGS)
-        }
+        """The masks, and the options set per parameter."""
+        flags = {name: {flag: flag in options for flag in OPTIONS} for name, options in self._options.items()}
         return {"masks": {name: mask.clone() for name, mask in self._masks.items()}, "flags": flags}
 
     def load_masks(self, masks: Mapping[str, torch.Tensor | None]) -> None:
@@ -320,16 +267,16 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
                 resolved[self.resolve(name)] = mask
         self._masks.clear()
         self._dirty.clear()
-        self.flags_changed()
+        self._changed()
         for name, mask in resolved.items():
             self[name] = mask
 
     def load_flags(self, flags: Mapping[str, Mapping[str, bool]]) -> None:
-        for masker in self.maskers._maskers.values():
-            for flag in _FLAGS:
-                setattr(masker, flag, False)
+        """Replace every parameter's options by ``flags`` (:meth:`state_dict`'s ``flags``)."""
+        self._options.clear()
+        self.dense_copies.clear()
         for name, values in flags.items():
-            masker = self.maskers[name]
-            for flag in _FLAGS:
-                setattr(masker, flag, bool(values.get(flag, False)))
-        self.flags_changed()
+            on = frozenset(flag for flag in OPTIONS if values.get(flag, False))
+            if on:
+                self._options[self.resolve(name)] = on
+        self._changed()

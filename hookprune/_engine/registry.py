@@ -3,7 +3,10 @@
 - group ``hookprune.classes``: ``Name = module:Class``; the ``class:`` names a schedule may use.
   Built-ins are listed there by hookprune's own distribution, like any third party's.
 - group ``hookprune``: hook plugins (loggers, tracers) registered with every scheduler. Set
-  ``HOOKPRUNE_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them.
+  ``HOOKPRUNE_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them all, or ``HOOKPRUNE_DISABLE_PLUGINS=name,...`` to skip
+  some by their entry point names (as pytest's ``-p no:NAME``).
+
+Entry points are read once per process; :func:`refresh` reads them again after an install.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from typing import Any
 import pluggy
 
 from hookprune import hookspecs
-from hookprune.errors import ScheduleError, Where, suggest
+from hookprune.errors import Where, suggest
 
 CLASSES_GROUP = "hookprune.classes"
 PLUGINS_GROUP = "hookprune"
 #: trainer integrations (callbacks for other frameworks' training loops): listed, never loaded
 INTEGRATIONS_GROUP = "hookprune.integrations"
 DISABLE_AUTOLOAD_ENV = "HOOKPRUNE_DISABLE_PLUGIN_AUTOLOAD"
+DISABLE_PLUGINS_ENV = "HOOKPRUNE_DISABLE_PLUGINS"
 HOOK_NAMES: tuple[str, ...] = tuple(
     name for name, fn in vars(hookspecs).items()
     if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec")
@@ -76,8 +80,9 @@ def integration_providers() -> list[Provider]:
     return sorted(_providers(INTEGRATIONS_GROUP), key=lambda p: p.name)
 
 
+@functools.cache
 def class_providers() -> dict[str, tuple[Provider, ...]]:
-    """Every class name installed distributions offer, with who offers it."""
+    """Every class name installed distributions offer, with who offers it (read once; see :func:`refresh`)."""
     index: dict[str, list[Provider]] = {}
     for provider in _providers(CLASSES_GROUP):
         index.setdefault(provider.name, []).append(provider)
@@ -126,13 +131,22 @@ def _provides(provider: Provider, cls: type) -> bool:
     return target is cls
 
 
+def refresh() -> None:
+    """Forget the entry points read so far, so that distributions installed since are seen."""
+    for cached in (class_providers, integration_providers, autoloaded_plugins, _load_class):
+        cached.cache_clear()
+
+
 def distribution_of(obj: Any) -> str:
     """The distribution label that provides ``obj``'s class, or its module when none does."""
     cls = obj if isinstance(obj, type) else type(obj)
-    for providers in class_providers().values():
-        for provider in providers:
-            if _provides(provider, cls):
-                return provider.label
+    for klass in cls.__mro__:
+        for providers in class_providers().values():
+            for provider in providers:
+                if _provides(provider, klass):
+                    return provider.label
+        if klass is cls:
+            break
     for plugin in autoloaded_plugins():
         if plugin.obj is obj:
             return plugin.provider.label
@@ -147,13 +161,22 @@ class LoadedPlugin:
     obj: Any
 
 
+def disabled_plugin_names() -> frozenset[str]:
+    """The hook plugins ``HOOKPRUNE_DISABLE_PLUGINS`` names (comma-separated entry point names)."""
+    return frozenset(n.strip() for n in os.environ.get(DISABLE_PLUGINS_ENV, "").split(",") if n.strip())
+
+
 @functools.cache
 def autoloaded_plugins() -> tuple[LoadedPlugin, ...]:
-    """The hook plugins of group ``hookprune``, imported once; a broken one is reported once and skipped."""
+    """The hook plugins of group ``hookprune``, imported once; a broken one is reported once and skipped, a
+    disabled one is not imported at all."""
     if os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("", "0"):
         return ()
+    disabled = disabled_plugin_names()
     loaded = []
     for provider in _providers(PLUGINS_GROUP):
+        if provider.name in disabled:
+            continue
         try:
             obj = provider.entry_point.load()
         except Exception as exc:
@@ -196,9 +219,15 @@ def validate_plugin(obj: Any, label: str, where: Where | None = None) -> None:
     """Check every hookimpl of ``obj`` against the specification, with one-line errors.
 
     Catches what pluggy accepts until ``check_pending()`` or silently mishandles: unknown hook
-    names, arguments the hook does not provide, and arguments with defaults (never passed).
+    names, arguments the hook does not provide, and arguments with defaults (never passed). The owner's
+    distribution is looked up only for an error.
     """
-    owner = f"{label} (from {distribution_of(obj)})"
+
+    class _Owner:
+        def __str__(self) -> str:
+            return f"{label} (from {distribution_of(obj)})"
+
+    owner = _Owner()
     marker = f"{hookspecs.PROJECT}_impl"
     for attr in hookimpl_names(obj):
         fn = getattr(obj, attr)
@@ -225,15 +254,7 @@ def validate_plugin(obj: Any, label: str, where: Where | None = None) -> None:
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
-    """A plugin manager with the hook specification and every auto-loaded hook plugin registered."""
+    """A plugin manager holding the hook specification."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for plugin in autoloaded_plugins():
-        label = f"plugin '{plugin.provider.name}'"
-        validate_plugin(plugin.obj, label)
-        pm.register(plugin.obj, name=f"{PLUGINS_GROUP}:{plugin.provider.name}")
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise ScheduleError(f"hook plugin {exc.plugin!r}: {exc}") from exc
     return pm

@@ -1,18 +1,23 @@
-"""The compression scheduler: dispatches events to the instances active in the current epoch.
+"""The engine's scheduler: which plugin hears which event in which epoch, and the masks it keeps.
 
-Hook implementations are registered and validated with pluggy; dispatch is a precomputed list
-per epoch, so an inactive instance costs nothing and each call is attributed to its instance
-(for loss-term names and for errors). Within an event, instances run in policy order, LR
-schedulers last, then auto-loaded hook plugins; ``tryfirst``/``trylast`` move an implementation
-to the front or the back.
+Every plugin, built-in or third-party, is scheduled the same way: a hook plugin under a :class:`Policy`
+(a window of epochs and the policy's ``args``). Dispatch is a list per epoch and event, built once per
+epoch, so a plugin outside its epochs costs nothing and each call is attributed to its plugin (for
+loss-term names, errors and tracing). Within an event, plugins run in policy order, ``runs_last`` ones
+(LR schedulers) after the others, then auto-loaded hook plugins; ``tryfirst``/``trylast`` move an
+implementation to the front or the back.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
-from collections.abc import Callable, Mapping
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -21,22 +26,17 @@ from hookprune._engine.masks import MaskStore
 from hookprune._engine.params import ParamIndex
 from hookprune._engine.registry import (
     HOOK_NAMES,
+    PLUGINS_GROUP,
     autoloaded_plugins,
     distribution_of,
     has_hookimpls,
+    hookimpl_names,
     make_plugin_manager,
     validate_plugin,
 )
 from hookprune._engine.windows import Window
-from hookprune.compat.distiller import (
-    DistillerPolicyAdapter,
-    LossTerm,
-    Policy,
-    PolicyLoss,
-    PruningPolicy,
-    is_distiller_policy,
-)
-from hookprune.errors import ScheduleError, Where
+from hookprune.contract import LossTerm, Policy, class_setting
+from hookprune.errors import ScheduleError, suggest
 from hookprune.events import EVENT_ARGS, Event
 from hookprune.sparsity import LayerSparsity, sparsity_report, total_sparsity
 
@@ -47,146 +47,253 @@ _EVENTS = {e.value: (e, frozenset(EVENT_ARGS[e])) for e in Event}
 (_EPOCH_BEGIN, _MINIBATCH_BEGIN, _BEFORE_BACKWARD, _BEFORE_OPTIMIZER_STEP, _MINIBATCH_END,
  _EPOCH_END) = (Event.ON_EPOCH_BEGIN, Event.ON_MINIBATCH_BEGIN, Event.BEFORE_BACKWARD,
                 Event.BEFORE_OPTIMIZER_STEP, Event.ON_MINIBATCH_END, Event.ON_EPOCH_END)
+#: set to 1 to print every hook call and its result to stderr
+TRACE_ENV = "HOOKPRUNE_TRACE"
+
+#: ``before(event, label, kwargs)`` and ``after(event, label, result)`` around each hook call
+TraceBefore = Callable[[str, str, Mapping[str, Any]], None]
+TraceAfter = Callable[[str, str, Any], None]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
+    """One registered plugin: its policies (None for an auto-loaded hook plugin) and its hook implementations."""
+
     plugin: Any
     label: str
-    windows: list[Window] | None
+    name: str
+    policies: list[Policy] | None
     runs_last: bool = False
     #: False when the plugin declares (``sets_masks = False``) that its hooks never assign a mask
     sets_masks: bool = True
+    idle_hooks: Callable[[Policy], Any] | None = None
     impls: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], int]]] = field(default_factory=dict)
 
-    def active(self, epoch: int) -> bool:
-        return self.windows is None or any(epoch in w for w in self.windows)
+    def policy_at(self, epoch: int) -> Policy | None:
+        for policy in self.policies or ():
+            if epoch in policy.window:
+                return policy
+        return None
 
 
-class CompressionScheduler:
-    """Holds a model's masks and schedule instances, and fires events to them.
+class Scheduler:
+    """Holds a model's masks and its scheduled plugins, and fires events to them."""
 
-    Keeps Distiller's method names (``on_epoch_begin(epoch)``, ``before_backward_pass(...)``, ...)
-    so a Distiller training loop ports by changing its imports.
-    """
-
-    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None,
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model = model
-        self.device = device
         self.optimizer = optimizer
         self.masks = MaskStore(model, ParamIndex(model))
-        self.zeros_mask_dict = self.masks.maskers
-        self.pm = make_plugin_manager()
         self.instances: dict[str, Any] = {}
-        self.policies: dict[int, list[Any]] = {}
-        self.sched_metadata: dict[Any, dict[str, Any]] = {}
         self.loss_components: dict[str, torch.Tensor] = {}
+        #: within ``before_backward``, the loop's loss plus the terms of the hooks called so far
+        self.loss_so_far: torch.Tensor | None = None
         self.epoch: int | None = None
+        self._pm = make_plugin_manager()
         self._entries: list[_Entry] = []
+        self._by_plugin: dict[int, _Entry] = {}
+        self._by_instance: dict[int, _Entry] = {}
+        self._policies: list[Policy] = []
         self._tables: dict[int, dict[str, Any]] = {}
+        self._table_epoch: int | None = None
         self._counter = itertools.count()
+        self._tracers: list[tuple[TraceBefore | None, TraceAfter | None]] = []
         #: a :class:`hookprune.distributed.MaskSynchronizer` under distributed training, else None: told when
         #: hooks may change masks, and asked to bring every rank's masks into line before masks are applied
         self.mask_sync: Any = None
-        for plugin in autoloaded_plugins():
-            self._entries.append(self._entry(plugin.obj, f"plugin '{plugin.provider.name}'", None,
-                                             registered=True))
+        for loaded in autoloaded_plugins():
+            name = f"{PLUGINS_GROUP}:{loaded.provider.name}"
+            self._register(loaded.obj, f"plugin '{loaded.provider.name}'", name, None)
+        if os.environ.get(TRACE_ENV, "").strip() not in ("", "0"):
+            self.trace(*_stderr_tracer())
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             from hookprune.distributed import synchronize_masks
 
             synchronize_masks(self)
 
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def params(self) -> Mapping[str, torch.nn.Parameter]:
+        """The model's parameters by the model's own names."""
+        return self.masks.index.params
+
+    @property
+    def scheduled(self) -> tuple[Policy, ...]:
+        """Every policy, in the order it was scheduled."""
+        return tuple(self._policies)
+
+    def policy_of(self, instance: object, epoch: int | None = None) -> Policy | None:
+        """The policy under which ``instance`` (a scheduled plugin or the object it adapts) acts in ``epoch``
+        (default: the epoch being fired), or None outside its epochs."""
+        entry = self._by_plugin.get(id(instance)) or self._by_instance.get(id(instance))
+        if entry is None:
+            return None
+        if epoch is None:
+            epoch = self._table_epoch if self._table_epoch is not None else self.epoch
+        return None if epoch is None else entry.policy_at(epoch)
+
+    def plugins(self) -> dict[str, Any]:
+        """Every registered plugin by its registration name (auto-loaded ones as ``hookprune:NAME``)."""
+        return {entry.name: entry.plugin for entry in self._entries}
+
     # -- building ---------------------------------------------------------------------------
 
-    def add_policy(self, policy: Any, epochs: list[int] | None = None, starting_epoch: int | None = None,
-                   ending_epoch: int | None = None, frequency: int | None = 1, *,
-                   name: str | None = None) -> Any:
-        """Schedule ``policy`` for ``epochs`` or ``range(starting_epoch, ending_epoch, frequency)``.
+    def add_policy(self, plugin: Any, epochs: list[int] | None = None, starting_epoch: int | None = None,
+                   ending_epoch: int | None = None, frequency: int | None = None, *, name: str | None = None,
+                   kind: str = "plugin", args: Mapping[str, Any] | None = None) -> Policy:
+        """Schedule the hook plugin ``plugin`` for ``epochs``, or ``range(starting_epoch, ending_epoch, frequency)``."""
+        if epochs is not None:
+            given = [k for k, v in (("starting_epoch", starting_epoch), ("ending_epoch", ending_epoch),
+                                    ("frequency", frequency)) if v is not None]
+            if given:
+                raise ValueError(f"add_policy: give either 'epochs' or starting_epoch/ending_epoch/frequency, not "
+                                 f"both ('epochs' and {', '.join(repr(g) for g in given)} were given)")
+            window = Window(epochs=epochs)
+        else:
+            window = Window(starting_epoch=starting_epoch, ending_epoch=ending_epoch,
+                            frequency=1 if frequency is None else frequency)
+        return self.schedule(plugin, window, kind=kind, name=name, args=args)
 
-        ``policy`` is a hookprune policy (``PruningPolicy(pruner, args)``, ``LRPolicy(sched)``...),
-        any object with hookimpls, or an object with Distiller's ``ScheduledTrainingPolicy`` methods.
+    def schedule(self, plugin: Any, window: Window, *, kind: str = "plugin", name: str | None = None,
+                 args: Mapping[str, Any] | None = None, instance: Any = None, label: str | None = None) -> Policy:
+        """Schedule the hook plugin ``plugin`` under a new policy; returns the policy.
+
+        ``instance`` is the object the policy names when ``plugin`` adapts it (its state is then the
+        instance's); ``name`` its instance name, ``label`` what errors and traces call it. Raises ValueError
+        (an ``ArgumentError`` for a bad ``args`` key) before anything changes when the plugin refuses the
+        policy.
         """
-        window = Window(epochs, starting_epoch, ending_epoch, frequency)
-        label = name or f"{type(policy).__name__}#{next(self._counter)}"
-        self._schedule(policy, window, label)
+        instance = plugin if instance is None else instance
+        name = name or f"{type(instance).__name__}#{next(self._counter)}"
+        label = label or name
+        if not has_hookimpls(plugin):
+            raise TypeError(f"{label}: {type(plugin).__name__} implements no hook, so no event would reach it")
+        args = MappingProxyType(dict(args or {}))
+        self._check_args(plugin, args, label)
+        policy = Policy(kind, name, instance, window, args, len(self._policies))
+        entry = self._by_plugin.get(id(plugin))
+        if entry is not None:
+            if entry.policies is None:
+                raise ValueError(f"{label}: {entry.label} is an auto-loaded hook plugin, heard in every epoch")
+            for other in entry.policies:
+                if other.window.intersects(window):
+                    raise ValueError(f"{label}: its policies #{other.index + 1} and #{policy.index + 1} both cover "
+                                     f"epoch {next(e for e in window if e in other.window)}; give the policies of "
+                                     "one instance disjoint epochs")
+        check = getattr(plugin, "check_policy", None)
+        if callable(check):
+            check(policy)
+        if entry is None:
+            entry = self._register(plugin, label, name, [])
+            if instance is not plugin:
+                self._by_instance[id(instance)] = entry
+            attach = getattr(plugin, "attach", None)
+            if callable(attach):
+                attach(self)
+        assert entry.policies is not None
+        entry.policies.append(policy)
+        self._policies.append(policy)
+        self._tables.clear()
         return policy
 
-    def _schedule(self, policy: Any, window: Window, label: str, where: Where | None = None) -> None:
-        if has_hookimpls(policy):
-            plugin = policy
-        elif is_distiller_policy(policy):
-            plugin = DistillerPolicyAdapter(policy)
-        else:
-            message = (f"{label}: {type(policy).__name__} has no hookimpls and none of Distiller's "
-                       "policy methods, so no event would reach it")
-            raise (where.error(message) if where else TypeError(message))
-        entry = next((e for e in self._entries if e.plugin is plugin), None)
-        if entry is None:
-            validate_plugin(plugin, label, where)
-            self._entries.append(self._entry(plugin, label, [window]))
-        elif entry.windows is not None:
-            entry.windows.append(window)
-        if isinstance(plugin, Policy):
-            plugin.attach(window)
-            self.sched_metadata[policy] = plugin.meta
-        else:
-            self.sched_metadata[policy] = window.meta()
-        for epoch in window:
-            self.policies.setdefault(epoch, []).append(policy)
-        self._tables.clear()
+    @staticmethod
+    def _check_args(plugin: Any, args: Mapping[str, Any], label: str) -> None:
+        from hookprune.errors import ArgumentError
 
-    def _entry(self, plugin: Any, label: str, windows: list[Window] | None,
-               registered: bool = False) -> _Entry:
-        if not registered:
-            self.pm.register(plugin, name=f"{label}@{next(self._counter)}")
-            self.pm.check_pending()
-        entry = _Entry(plugin, label, windows, runs_last=bool(getattr(plugin, "runs_last", False)),
-                       sets_masks=getattr(plugin, "sets_masks", True) is not False)
-        for hook_name in HOOK_NAMES:
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                if impl.plugin is plugin:
-                    rank = -1 if impl.tryfirst else (1 if impl.trylast else 0)
-                    entry.impls.setdefault(hook_name, []).append((impl.function, tuple(impl.argnames), rank))
+        accepted = class_setting(plugin, "policy_args")
+        for key in args:
+            if key not in accepted:
+                takes = f"; it takes: {', '.join(accepted)}" if accepted else "; it takes none"
+                raise ArgumentError(key, f"{label}: unknown policy arg '{key}'{suggest(key, accepted)}{takes}")
+
+    def _register(self, plugin: Any, label: str, name: str, policies: list[Policy] | None) -> _Entry:
+        validate_plugin(plugin, label)
+        unique = f"{name}@{next(self._counter)}" if self._pm.has_plugin(name) else name
+        self._pm.register(plugin, name=unique)
+        idle = getattr(plugin, "idle_hooks", None)
+        entry = _Entry(plugin, label, unique, policies, runs_last=bool(class_setting(plugin, "runs_last")),
+                       sets_masks=class_setting(plugin, "sets_masks") is not False,
+                       idle_hooks=idle if callable(idle) else None)
+        for attr in hookimpl_names(plugin):
+            opts = self._pm.parse_hookimpl_opts(plugin, attr) or {}
+            function = getattr(plugin, attr)
+            rank = -1 if opts.get("tryfirst") else (1 if opts.get("trylast") else 0)
+            argnames = tuple(inspect.signature(function).parameters)
+            entry.impls.setdefault(opts.get("specname") or attr, []).append((function, argnames, rank))
+        self._entries.append(entry)
+        self._by_plugin[id(plugin)] = entry
+        self._tables.clear()
         return entry
 
+    def disable_plugin(self, name: str) -> None:
+        """Stop calling the auto-loaded hook plugin with entry point name ``name`` (as pytest's ``-p no:NAME``);
+        ``HOOKPRUNE_DISABLE_PLUGINS=name,...`` does this for every scheduler."""
+        full = f"{PLUGINS_GROUP}:{name}"
+        entry = next((e for e in self._entries if e.name == full), None)
+        if entry is None:
+            loaded = [e.name.partition(":")[2] for e in self._entries if e.policies is None]
+            raise ValueError(f"no auto-loaded hook plugin '{name}'{suggest(name, loaded)}; loaded: "
+                             f"{', '.join(loaded) or 'none'}")
+        self._pm.unregister(entry.plugin)
+        self._pm.set_blocked(full)
+        self._entries.remove(entry)
+        del self._by_plugin[id(entry.plugin)]
+        self._tables.clear()
+
     def _table(self, epoch: int) -> dict[str, Any]:
-        table = self._tables.get(epoch)
-        if table is not None:
-            return table
-        active = [e for e in self._entries if e.active(epoch)]
-        scheduled = [e for e in active if e.windows is not None]
-        ordered = ([e for e in scheduled if not e.runs_last] + [e for e in scheduled if e.runs_last]
-                   + [e for e in active if e.windows is None])
-        idle = [entry.plugin.idle_hooks() if isinstance(entry.plugin, Policy) else set() for entry in ordered]
+        active: list[tuple[_Entry, Policy | None]] = []
+        for entry in self._entries:
+            policy = entry.policy_at(epoch) if entry.policies is not None else None
+            if policy is not None or entry.policies is None:
+                active.append((entry, policy))
+        scheduled = [a for a in active if a[1] is not None]
+        ordered = ([a for a in scheduled if not a[0].runs_last] + [a for a in scheduled if a[0].runs_last]
+                   + [a for a in active if a[1] is None])
+        idle = [set(entry.idle_hooks(policy)) if entry.idle_hooks is not None and policy is not None else set()
+                for entry, policy in ordered]
         # per hook, whether any of its calls may assign masks (distributed training then syncs them)
         sets_masks: dict[str, bool] = {}
-        table: dict[str, Any] = {"pruning_active": any(isinstance(e.plugin, PruningPolicy) for e in active),
-                                 "sets_masks": sets_masks}
+        table: dict[str, Any] = {"sets_masks": sets_masks}
         for hook_name in HOOK_NAMES:
-            calls = [(rank, fn, argnames, entry) for entry, skip in zip(ordered, idle, strict=True)
+            calls = [(rank, fn, argnames, entry) for (entry, _), skip in zip(ordered, idle, strict=True)
                      if hook_name not in skip for fn, argnames, rank in entry.impls.get(hook_name, ())]
             calls.sort(key=lambda c: c[0])
-            table[hook_name] = [(fn, _getter(argnames), len(argnames), entry) for _, fn, argnames, entry in calls]
+            table[hook_name] = [(fn, _getter(argnames), len(argnames), entry, argnames)
+                                for _, fn, argnames, entry in calls]
             sets_masks[hook_name] = any(entry.sets_masks for *_, entry in calls)
         self._tables[epoch] = table
         return table
 
     # -- activation -------------------------------------------------------------------------
 
-    def __enter__(self) -> CompressionScheduler:
+    def __enter__(self) -> Scheduler:
         _stack.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         _stack.remove(self)
 
+    # -- tracing ----------------------------------------------------------------------------
+
+    def trace(self, before: TraceBefore | None = None, after: TraceAfter | None = None) -> Callable[[], None]:
+        """Call ``before(event, label, kwargs)`` and ``after(event, label, result)`` around every hook call (as
+        pluggy's ``add_hookcall_monitoring``); returns a function that stops it. ``HOOKPRUNE_TRACE=1`` installs a
+        tracer printing to stderr on every scheduler."""
+        pair = (before, after)
+        self._tracers.append(pair)
+
+        def undo() -> None:
+            if pair in self._tracers:
+                self._tracers.remove(pair)
+
+        return undo
+
     # -- firing -----------------------------------------------------------------------------
 
     def fire(self, event: str | Event, /, **kwargs: Any) -> Any:
         """Fire ``event`` with the loop's arguments; returns the loss for ``before_backward``.
 
-        This runs four times per minibatch, so it does only what the event needs: the hooks of the instances
+        This runs four times per minibatch, so it does only what the event needs: the hooks of the plugins
         active in this epoch (a table built once per epoch) and the mask work of the event.
         """
         spec = _EVENTS.get(event) if isinstance(event, str) else None
@@ -204,6 +311,7 @@ class CompressionScheduler:
         table = self._tables.get(epoch)
         if table is None:
             table = self._table(epoch)
+        self._table_epoch = epoch
         calls = table[ev]
         if calls:
             kwargs["scheduler"] = self
@@ -225,36 +333,63 @@ class CompressionScheduler:
         if ev is _MINIBATCH_BEGIN:
             if sync is not None:
                 sync.sync_point()
-            self.masks.apply_pending(table["pruning_active"])
+            self.masks.apply_pending()
         elif ev is _BEFORE_OPTIMIZER_STEP:
             self.masks.before_optimizer_step()
         return None
 
-    @staticmethod
-    def _run(name: str, calls: list[Any], args: dict[str, Any],
-             results: list[tuple[_Entry, Any]] | None = None) -> None:
-        """Call each hook with its arguments; non-None results go to ``results`` when given."""
-        for fn, getter, arity, entry in calls:
+    def _run(self, name: str, calls: list[Any], args: dict[str, Any]) -> None:
+        """Call each hook with its arguments."""
+        if self._tracers:
+            for call in calls:
+                self._call(name, call, args)
+            return
+        for call in calls:
+            fn, getter, arity, entry, _ = call
             try:
-                result = fn(*getter(args)) if arity > 1 else fn(getter(args)) if arity else fn()
+                fn(*getter(args)) if arity > 1 else fn(getter(args)) if arity else fn()
             except Exception as exc:
-                if hasattr(exc, "add_note"):
-                    exc.add_note(f"hookprune: raised in hook '{name}' of {entry.label} "
-                                 f"(from {distribution_of(entry.plugin)})")
+                _note(exc, name, entry)
                 raise
-            if result is not None and results is not None:
-                results.append((entry, result))
+
+    def _call(self, name: str, call: tuple[Any, ...], args: dict[str, Any]) -> Any:
+        """One hook call, traced when tracers are installed; an exception gains a note naming the plugin."""
+        fn, getter, arity, entry, argnames = call
+        try:
+            if not self._tracers:
+                return fn(*getter(args)) if arity > 1 else fn(getter(args)) if arity else fn()
+            return self._traced(name, fn, getter, arity, entry, argnames, args)
+        except Exception as exc:
+            _note(exc, name, entry)
+            raise
+
+    def _traced(self, name: str, fn: Callable[..., Any], getter: Any, arity: int, entry: _Entry,
+                argnames: tuple[str, ...], args: dict[str, Any]) -> Any:
+        given = {a: args[a] for a in argnames}
+        for before, _ in self._tracers:
+            if before is not None:
+                before(name, entry.label, given)
+        result = fn(*getter(args)) if arity > 1 else fn(getter(args)) if arity else fn()
+        for _, after in self._tracers:
+            if after is not None:
+                after(name, entry.label, result)
+        return result
 
     def _before_backward(self, calls: list[Any], args: dict[str, Any]) -> torch.Tensor:
+        """Call the hooks in order, each term added to the loss as it comes; ``loss_so_far`` is the running total
+        (Distiller-style policies hand it on)."""
         loss = args["loss"]
+        self.loss_so_far = loss
         if not calls:
             self.loss_components = {}
             return loss
         terms: dict[str, torch.Tensor] = {}
         total = loss
-        results: list[tuple[_Entry, Any]] = []
-        self._run("before_backward", calls, args, results)
-        for entry, result in results:
+        for call in calls:
+            result = self._call("before_backward", call, args)
+            if result is None:
+                continue
+            entry = call[3]
             if isinstance(result, LossTerm):
                 term_name, value = result
             elif isinstance(result, torch.Tensor):
@@ -268,50 +403,9 @@ class CompressionScheduler:
                 unique = f"{term_name}_{n}"
             terms[unique] = value
             total = total + value
+            self.loss_so_far = total
         self.loss_components = terms
         return total
-
-    # -- Distiller's method names -----------------------------------------------------------
-
-    def on_epoch_begin(self, epoch: int, optimizer: torch.optim.Optimizer | None = None,
-                       **kwargs: Any) -> None:
-        self.fire(Event.ON_EPOCH_BEGIN, epoch=epoch, optimizer=optimizer)
-
-    def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
-                           optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.fire(Event.ON_MINIBATCH_BEGIN, epoch=epoch, minibatch_id=minibatch_id,
-                  minibatches_per_epoch=minibatches_per_epoch, optimizer=optimizer)
-
-    def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
-                             loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None,
-                             return_loss_components: bool = False) -> Any:
-        total = self.fire(Event.BEFORE_BACKWARD, epoch=epoch, minibatch_id=minibatch_id,
-                          minibatches_per_epoch=minibatches_per_epoch, loss=loss, optimizer=optimizer)
-        if return_loss_components:
-            return PolicyLoss(total, [LossTerm(k, v) for k, v in self.loss_components.items()])
-        return total
-
-    def before_parameter_optimization(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
-                                      optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.fire(Event.BEFORE_OPTIMIZER_STEP, epoch=epoch, minibatch_id=minibatch_id,
-                  minibatches_per_epoch=minibatches_per_epoch, optimizer=optimizer)
-
-    def on_minibatch_end(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
-                         optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.fire(Event.ON_MINIBATCH_END, epoch=epoch, minibatch_id=minibatch_id,
-                  minibatches_per_epoch=minibatches_per_epoch, optimizer=optimizer)
-
-    def on_epoch_end(self, epoch: int, optimizer: torch.optim.Optimizer | None = None,
-                     metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        self.fire(Event.ON_EPOCH_END, epoch=epoch, optimizer=optimizer,
-                  metrics=dict(metrics) if metrics is not None else None)
-
-    def mask_all_weights(self, is_forward: bool = True) -> None:
-        """Apply the masks now (all of them, or all but forward-only ones when not ``is_forward``)."""
-        if is_forward:
-            self.masks.apply()
-        else:
-            self.masks.apply_after_step()
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -325,22 +419,27 @@ class CompressionScheduler:
 
     # -- state ------------------------------------------------------------------------------
 
-    def _policy_plugins(self) -> list[Policy]:
-        return [e.plugin for e in self._entries if isinstance(e.plugin, Policy)]
+    def _stateful(self) -> Iterator[tuple[str, Any]]:
+        """``("instances", name)``-keyed schedule instances, then the other plugins with state, by name."""
+        named = {id(obj) for obj in self.instances.values()}
+        for entry in self._entries:
+            obj = entry.plugin
+            if entry.policies:
+                obj = entry.policies[0].instance
+            if id(obj) not in named and callable(getattr(obj, "state_dict", None)):
+                yield entry.name, obj
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that decides a future step: masks, every instance's and policy's progress."""
+        """Everything that decides a future step: masks and mask options, every instance's and plugin's progress,
+        the epoch and the thinning recipes the model went through."""
         masks = self.masks.state_dict()
-        instances = {}
-        for name, obj in self.instances.items():
-            get_state = getattr(obj, "state_dict", None)
-            if callable(get_state):
-                instances[name] = get_state()
+        instances = {name: obj.state_dict() for name, obj in self.instances.items()
+                     if callable(getattr(obj, "state_dict", None))}
         return {
             "masks_dict": masks["masks"],
             "mask_flags": masks["flags"],
             "instances": instances,
-            "policies": [p.state_dict() for p in self._policy_plugins()],
+            "plugins": {name: obj.state_dict() for name, obj in self._stateful()},
             "epoch": self.epoch,
             "thinning_recipes": list(getattr(self.model, "thinning_recipes", None) or []),
         }
@@ -372,21 +471,25 @@ class CompressionScheduler:
             obj = self.instances.get(name)
             if obj is not None and callable(getattr(obj, "load_state_dict", None)):
                 obj.load_state_dict(inst_state)
-        policies = self._policy_plugins()
-        saved = state.get("policies", [])
-        if saved and len(saved) != len(policies):
-            raise ScheduleError(f"the saved state has {len(saved)} policies, this schedule {len(policies)}")
-        for policy, policy_state in zip(policies, saved, strict=False):
-            policy.load_state_dict(policy_state)
+        saved = state.get("plugins", {})
+        for name, obj in self._stateful():
+            if name in saved:
+                obj.load_state_dict(saved[name])
         self.epoch = state.get("epoch")
         self.masks.mark_all_pending()
         if self.mask_sync is not None:
             self.mask_sync.note_change()
 
 
+def _note(exc: Exception, event: str, entry: _Entry) -> None:
+    """Name the hook, the plugin and its distribution under the exception's traceback."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"hookprune: raised in hook '{event}' of {entry.label} (from {distribution_of(entry.plugin)})")
+
+
 def _getter(argnames: tuple[str, ...]) -> Callable[[dict[str, Any]], Any] | None:
     """What picks a hook's arguments out of the event's: a tuple of them for two or more, the one itself for
-    one, nothing for none (``CompressionScheduler._run`` calls the hook by arity)."""
+    one, nothing for none (``Scheduler._run`` calls the hook by arity)."""
     return itemgetter(*argnames) if argnames else None
 
 
@@ -400,16 +503,39 @@ def _argument_error(ev: Event, kwargs: dict[str, Any]) -> TypeError:
                      + (f"; unexpected {', '.join(extra)}" if extra else ""))
 
 
-_stack: list[CompressionScheduler] = []
-_loaded: list[CompressionScheduler | None] = [None]
+def _short(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}" if value.numel() > 1 else f"tensor({float(value.detach()):.6g})"
+    if isinstance(value, Scheduler | torch.nn.Module | torch.optim.Optimizer):
+        return type(value).__name__
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def set_active(scheduler: CompressionScheduler | None) -> None:
+def _stderr_tracer() -> tuple[TraceBefore, TraceAfter]:
+    """The ``HOOKPRUNE_TRACE`` tracer: one line per hook call and one per non-None result, on stderr."""
+
+    def before(event: str, label: str, kwargs: Mapping[str, Any]) -> None:
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items() if k not in ("scheduler", "model"))
+        print(f"hookprune: {event} -> {label}({shown})", file=sys.stderr)
+
+    def after(event: str, label: str, result: Any) -> None:
+        if result is not None:
+            print(f"hookprune: {event} <- {label}: {_short(result)}", file=sys.stderr)
+
+    return before, after
+
+
+_stack: list[Scheduler] = []
+_loaded: list[Scheduler | None] = [None]
+
+
+def set_active(scheduler: Scheduler | None) -> None:
     """Make ``scheduler`` the one :func:`fire` dispatches to (``load`` does this)."""
     _loaded[0] = scheduler
 
 
-def active() -> CompressionScheduler:
+def active() -> Scheduler:
     """The active scheduler: the innermost ``with sched:``, else the last one ``load`` returned."""
     if _stack:
         return _stack[-1]
@@ -420,5 +546,5 @@ def active() -> CompressionScheduler:
 
 
 def fire(event: str | Event, /, **kwargs: Any) -> Any:
-    """Fire ``event`` on the active scheduler; see :meth:`CompressionScheduler.fire`."""
+    """Fire ``event`` on the active scheduler; see :meth:`Scheduler.fire`."""
     return active().fire(event, **kwargs)

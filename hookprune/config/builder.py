@@ -15,24 +15,16 @@ from typing import Any
 
 import torch
 
-from hookprune import knowledge_distillation
 from hookprune._engine import registry as plugins
 from hookprune._engine.params import ParamIndex, normalize_name
-from hookprune._engine.scheduler import CompressionScheduler, set_active
+from hookprune._engine.scheduler import set_active
 from hookprune._engine.windows import Window
-from hookprune.compat.distiller import (
-    DistillerPolicyAdapter,
-    LRPolicy,
-    PruningArgs,
-    PruningPolicy,
-    QuantizationPolicy,
-    RegularizationPolicy,
-    is_distiller_policy,
-)
+from hookprune.compat.distiller import PROTOCOL_METHODS, CompressionScheduler, adapt, schedule_instance
 from hookprune.config import argtypes
 from hookprune.config.reader import key_where_of, read_schedule, where_of
-from hookprune.errors import ScheduleError, Where, suggest, yaml_kind
-from hookprune.pruning.base import ArgumentError
+from hookprune.contract import class_setting
+from hookprune.errors import ArgumentError, ScheduleError, Where, suggest, yaml_kind
+from hookprune.pruning.masking import MASKING_ARGS
 
 #: section name -> the policy key that refers to its instances
 SECTIONS = {
@@ -46,7 +38,7 @@ SECTIONS = {
 POLICY_KINDS = {kind: section for section, kind in SECTIONS.items()}
 TOP_LEVEL_KEYS = ("version", *SECTIONS, "policies")
 WINDOW_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
-INJECTED = ("name", "model", "optimizer")
+INJECTED = ("name", "model", "optimizer", "teacher")
 #: constructor arguments that name files; a relative path that is not found from the working directory
 #: is looked up from the schedule's folder and then each folder above it (Distiller's schedules give
 #: paths relative to the examples tree they were run from)
@@ -54,8 +46,8 @@ PATH_ARGS = ("model_activation_stats", "teacher_checkpoint")
 #: a parameter-name entry starting with this is a regular expression over the model's names
 REGEX_PREFIX = "re:"
 
-#: the one class of the ``distillers`` section, where ``class`` may be left out
-DISTILLER_CLASS = "KnowledgeDistillationPolicy"
+#: the class of a ``distillers`` entry that leaves ``class`` out
+DEFAULT_CLASSES = {"distillers": "KnowledgeDistillationPolicy"}
 
 #: constructor arguments that hold parameter names: "names" for a list, "keys" for a mapping whose
 #: keys are names (``'*'`` aside). A class may extend this with ``hookprune_param_args``.
@@ -87,20 +79,6 @@ def build(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.
     """Like :func:`load`, without making the scheduler active."""
     data, path = read_schedule(schedule)
     return _Builder(data, path, model, optimizer, resumed_epoch, teacher).build(scheduler)
-
-
-def file_config(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, filename: str,
-                scheduler: CompressionScheduler | None = None,
-                resumed_epoch: int | None = None) -> CompressionScheduler:
-    """Distiller's ``distiller.file_config``."""
-    return load(filename, model, optimizer, resumed_epoch=resumed_epoch, scheduler=scheduler)
-
-
-def dict_config(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                sched_dict: Mapping[str, Any], scheduler: CompressionScheduler | None = None,
-                resumed_epoch: int | None = None) -> CompressionScheduler:
-    """Distiller's ``distiller.dict_config``."""
-    return load(sched_dict, model, optimizer, resumed_epoch=resumed_epoch, scheduler=scheduler)
 
 
 class _Builder:
@@ -147,7 +125,7 @@ class _Builder:
             raise self._with_path(where_of(data)).error(
                 "a teacher model was passed to hookprune.load, but the schedule declares no 'distillers'")
         for name in self._names_in("distillers"):
-            self.instances[name] = self._construct_distiller(name)
+            self.instances[name] = self._construct("distillers", name)
         for policy in policies:
             if policy["kind"] != "lr_scheduler":
                 self._add(sched, policy)
@@ -180,7 +158,7 @@ class _Builder:
                 if not isinstance(spec, Mapping):
                     what = "of its settings" if section == "distillers" else "with a 'class' key"
                     raise self.at(body, name).error(f"{section}.{name} must be a mapping {what}")
-                if "class" not in spec and section != "distillers":
+                if "class" not in spec and section not in DEFAULT_CLASSES:
                     raise self.at_key(body, name).error(f"{section}.{name} has no 'class' key")
                 self.declared[name] = (section, spec)
 
@@ -188,8 +166,9 @@ class _Builder:
 
     def _construct(self, section: str, name: str) -> Any:
         _, spec = self.declared[name]
-        class_name = spec["class"]
-        cls = plugins.resolve_class(class_name, self.at(spec, "class"))
+        class_name = spec.get("class", DEFAULT_CLASSES.get(section))
+        cls = plugins.resolve_class(class_name, self.at(spec, "class") if "class" in spec else self.at_key(
+            self.data[section], name))
         label = f"{section}.{name} ({class_name})"
         try:
             signature = inspect.signature(cls)
@@ -220,6 +199,8 @@ class _Builder:
                 value = self._find_file(value)
             kwargs[key] = value
         extra = {"name": name, "model": self.model}
+        if section == "distillers":
+            extra["teacher"] = self.teacher
         if section in ("quantizers", "lr_schedulers"):
             if self.optimizer is None and "optimizer" in accepted:
                 raise self.at_key(self.data[section], name).error(
@@ -251,34 +232,6 @@ class _Builder:
         except Exception as exc:
             raise self.at_key(self.data[section], name).error(
                 f"{label}: {type(exc).__name__}: {exc}") from None
-
-    def _construct_distiller(self, name: str) -> Any:
-        """A ``distillers`` entry: :func:`hookprune.knowledge_distillation.distiller_from_schedule`'s keys."""
-        _, spec = self.declared[name]
-        label = f"distillers.{name} ({DISTILLER_CLASS})"
-        build_distiller = knowledge_distillation.distiller_from_schedule
-        hints = argtypes.hints_of(build_distiller)
-        keys = [p.name for p in inspect.signature(build_distiller).parameters.values() if p.kind == p.KEYWORD_ONLY]
-        kwargs: dict[str, Any] = {}
-        for key, value in spec.items():
-            if key == "class":
-                if value != DISTILLER_CLASS:
-                    raise self.at(spec, key).error(
-                        f"distillers.{name}: unknown class {value!r}{suggest(value, (DISTILLER_CLASS,))}; "
-                        f"'distillers' hold {DISTILLER_CLASS} instances ('class' may be left out)")
-                continue
-            if key not in keys:
-                raise self.at_key(spec, key).error(
-                    f"{label} has no argument '{key}'{suggest(key, keys)}; it takes: {', '.join(keys)}")
-            if not argtypes.matches(value, hints[key]):
-                raise self.at(spec, key).error(f"{label}: '{key}' must be {argtypes.describe(hints[key])}, "
-                                               f"got {value!r}")
-            kwargs[key] = self._find_file(value) if key in PATH_ARGS else value
-        try:
-            return build_distiller(self.model, self.teacher, **kwargs)
-        except ArgumentError as exc:
-            where = self.at(spec, exc.argument) if exc.argument in spec else self.at_key(self.data["distillers"], name)
-            raise where.error(f"{label}: {exc}") from None
 
     def _find_file(self, value: Any) -> Any:
         """``value`` as given when it exists or is not a relative path; otherwise the first existing
@@ -403,9 +356,9 @@ class _Builder:
             name = body["instance_name"]
             self._check_reference(kind, name, body)
             window = self._window(pdef, i)
-            args = body.get("args")
-            args = self._policy_args(kind, name, body, args)
-            parsed.append({"kind": kind, "name": name, "window": window, "args": args,
+            raw_args = body.get("args")
+            args = self._policy_args(kind, name, body, raw_args)
+            parsed.append({"kind": kind, "name": name, "window": window, "args": args, "raw_args": raw_args,
                            "where": self.at(body, "instance_name")})
         return parsed
 
@@ -441,69 +394,42 @@ class _Builder:
             at = self.at(pdef, culprit) if culprit else self._with_path(where_of(pdef))
             raise at.error(f"policy #{i + 1}: {exc}") from None
 
-    def _policy_args(self, kind: str, name: str, body: Mapping[str, Any], args: Any) -> Any:
+    def _policy_args(self, kind: str, name: str, body: Mapping[str, Any], args: Any) -> dict[str, Any]:
+        """A policy's ``args`` as a dict, parameter names in ``levels`` spelled as the model does; which keys the
+        instance takes is checked once it is built."""
         if args is None:
-            return None
+            return {}
         if not isinstance(args, Mapping):
             raise self.at(body, "args").error(f"policy for '{name}': 'args' must be a mapping")
-        allowed = {"pruner": PruningArgs.names(), "regularizer": ["keep_mask"]}.get(kind, [])
-        for key in args:
-            if key not in allowed:
-                hint = suggest(key, allowed)
-                takes = f"; it takes: {', '.join(allowed)}" if allowed else f"; a {kind} policy takes no args"
-                raise self.at_key(args, key).error(f"policy for '{name}': unknown arg '{key}'{hint}{takes}")
         values = dict(args)
-        if kind == "pruner" and "levels" in values:
-            values["levels"] = self._resolve_keys(args["levels"], f"policy for '{name}': 'levels'") \
-                if isinstance(args["levels"], Mapping) else args["levels"]
-        try:
-            return PruningArgs(**values) if kind == "pruner" else values
-        except ValueError as exc:
-            culprit = next((k for k in args if f"'{k}'" in str(exc)), None)
-            at = self.at(args, culprit) if culprit else self.at(body, "args")
-            raise at.error(f"policy for '{name}': {exc}") from None
+        if isinstance(values.get("levels"), Mapping):
+            values["levels"] = self._resolve_keys(args["levels"], f"policy for '{name}': 'levels'")
+        return values
 
     def _add(self, sched: CompressionScheduler, policy: dict[str, Any]) -> None:
         kind, name, window, args, where = (policy[k] for k in ("kind", "name", "window", "args", "where"))
         instance = self.instances[name]
         label = f"{POLICY_KINDS[kind]}.{name} ({type(instance).__name__})"
-        adapter: Any = None
-        if kind == "pruner" and (callable(getattr(instance, "set_param_mask", None))
-                                 or plugins.has_hookimpls(instance)):
-            check = getattr(instance, "check_policy", None)
-            if callable(check):
-                try:
-                    check(window.starting_epoch, window.ending_epoch, window.frequency)
-                except ValueError as exc:
-                    raise where.error(f"{label}: {exc}") from None
-            adapter = PruningPolicy(instance, args)
-        elif kind == "lr_scheduler" and callable(getattr(instance, "step", None)):
-            adapter = LRPolicy(instance)
-        elif kind == "regularizer" and callable(getattr(instance, "loss", None)):
-            adapter = RegularizationPolicy(instance, **(args or {}))
-        elif kind == "quantizer" and callable(getattr(instance, "quantize_params", None)):
-            try:
-                adapter = QuantizationPolicy(instance)
-            except ScheduleError:
-                raise
-            except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-                raise where.error(f"{label}: {exc}") from None
-        elif kind == "extension" and is_distiller_policy(instance) and not plugins.has_hookimpls(instance):
-            adapter = DistillerPolicyAdapter(instance)
-        if adapter is not None:
-            sched._schedule(adapter, window, label, where)
-        if plugins.has_hookimpls(instance):
-            sched._schedule(instance, window, label, where)
-        elif adapter is None:
+        plugins_ = adapt(instance, kind)
+        if not plugins_:
             raise where.error(f"{label} has no hookimpls and none of Distiller's methods for a {kind} "
-                              f"({_DISTILLER_METHOD[kind]}), so nothing would call it")
-
-
-_DISTILLER_METHOD = {
-    "pruner": "set_param_mask",
-    "lr_scheduler": "step",
-    "regularizer": "loss",
-    "quantizer": "quantize_params",
-    "extension": "on_epoch_begin and the other ScheduledTrainingPolicy methods",
-    "distiller": "forward and before_backward",
-}
+                              f"({PROTOCOL_METHODS[kind]}), so nothing would call it")
+        accepted: dict[str, Any] = dict.fromkeys(MASKING_ARGS, bool) if kind == "pruner" else {}
+        for plugin in plugins_:
+            accepted.update(class_setting(plugin, "policy_args"))
+        raw = policy["raw_args"]
+        for key in args:
+            if key not in accepted:
+                hint = suggest(key, accepted)
+                takes = f"; it takes: {', '.join(accepted)}" if accepted else f"; a {kind} policy takes no args"
+                raise self.at_key(raw, key).error(f"policy for '{name}': unknown arg '{key}'{hint}{takes}")
+        try:
+            schedule_instance(sched, instance, kind, window, args, name, label)
+        except ScheduleError:
+            raise
+        except ArgumentError as exc:
+            at = self.at(raw, exc.argument) if raw is not None and exc.argument in raw else where
+            raise at.error(f"policy for '{name}': {exc}") from None
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise where.error(f"{label}: {message}") from None

@@ -15,18 +15,20 @@ tensor), not from module names, so any model works, whatever its modules are cal
 
 from __future__ import annotations
 
-import abc
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from hookprune.contract import Policy, SchedulerView
+from hookprune.errors import ArgumentError
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.agp import AGPLevels
-from hookprune.pruning.base import ArgumentError, ForwardPassHooks, PolicyLevels, check_fraction, check_weights
+from hookprune.pruning.base import ForwardPassHooks, Pruner, PruningStep
+from hookprune.pruning.checks import check_weights
+from hookprune.pruning.levels import AGPLevel, FixedLevel
 from hookprune.pruning.structures import check_group_type, count_to_prune, expand_structure_mask, prune_lowest
 
 #: Layers whose ``weight`` holds one filter per output channel.
@@ -94,7 +96,7 @@ class ChannelStats:
         return cls(None if total is None else total.clone(), int(state.get("count", 0)))
 
 
-class ActivationRankedFilterPruner(ForwardPassHooks, abc.ABC):
+class ActivationRankedFilterPruner(ForwardPassHooks, Pruner):
     """Shared machinery: forward hooks, statistics and ranking of filters by activations.
 
     When masks are computed: at the start of every epoch of the policy (and whenever the policy's
@@ -156,12 +158,6 @@ class ActivationRankedFilterPruner(ForwardPassHooks, abc.ABC):
         self._paired: dict[str, tuple[str, tuple[torch.Tensor, int]]] = {}
         self._lock = threading.Lock()
 
-    # -- what each subclass decides ------------------------------------------------------------
-
-    @abc.abstractmethod
-    def target_sparsity(self, param_name: str, meta: Mapping[str, Any]) -> float:
-        """The fraction of ``param_name``'s filters to prune in ``meta['current_epoch']``."""
-
     # -- which weights are measured --------------------------------------------------------------
 
     def leader(self) -> str:
@@ -174,23 +170,27 @@ class ActivationRankedFilterPruner(ForwardPassHooks, abc.ABC):
     def _measured(self) -> list[str]:
         return [self.leader()] if self.group_dependency == "Leader" else list(self.params_names)
 
-    # -- Distiller's pruner entry point ----------------------------------------------------------
+    # -- pruning ------------------------------------------------------------------------------------
 
-    def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
-                       meta: dict[str, Any]) -> None:
-        """Mask the lowest-ranked filters of ``param_name``, or wait for statistics (see the class)."""
-        if param_name not in self._layers:
-            return
-        fraction = self.target_sparsity(self._ranked_by(param_name), meta)
-        if count_to_prune(param.shape[0], fraction, param_name=param_name, structure="filters") == 0:
+    def idle_hooks(self, policy: Policy) -> Collection[str]:
+        """None: the minibatch hook measures every training minibatch of the policy's epochs."""
+        return ()
+
+    def prune(self, step: PruningStep) -> None:
+        """Mask the lowest-ranked filters of each listed weight, or wait for statistics (see the class)."""
+        assert self.level is not None
+        for param_name in self.targets(step.params):
+            param = step.params[param_name]
+            fraction = self.level.level(self._ranked_by(param_name), step)
+            if count_to_prune(param.shape[0], fraction, param_name=param_name, structure="filters") == 0:
+                self.deferred.pop(param_name, None)
+                continue
+            mask = self.filter_mask(param, param_name, fraction)
+            if mask is None:
+                self.deferred[param_name] = fraction
+                continue
             self.deferred.pop(param_name, None)
-            return
-        mask = self.filter_mask(param, param_name, fraction)
-        if mask is None:
-            self.deferred[param_name] = fraction
-            return
-        self.deferred.pop(param_name, None)
-        zeros_mask_dict[param_name].mask = mask
+            step.scheduler.masks[param_name] = mask
 
     def filter_scores(self, param_name: str) -> torch.Tensor | None:
         """One score per filter of ``param_name`` (the lowest are pruned first), or None without data.
@@ -224,8 +224,8 @@ class ActivationRankedFilterPruner(ForwardPassHooks, abc.ABC):
         keep = prune_lowest(scores, k)
         return expand_structure_mask(keep, param.shape, "Filters").to(param.device)
 
-    def _set_deferred(self, scheduler: Any) -> None:
-        params = scheduler.masks.index.params
+    def _set_deferred(self, scheduler: SchedulerView) -> None:
+        params = scheduler.params
         for param_name, fraction in list(self.deferred.items()):
             mask = self.filter_mask(params[param_name], param_name, fraction)
             if mask is not None:
@@ -235,14 +235,17 @@ class ActivationRankedFilterPruner(ForwardPassHooks, abc.ABC):
     # -- hooks ------------------------------------------------------------------------------------
 
     @hookimpl
-    def on_minibatch_begin(self, scheduler: Any, model: nn.Module) -> None:
-        """Set masks that were waiting for statistics, then measure this minibatch's forward pass."""
+    def on_minibatch_begin(self, scheduler: SchedulerView, model: nn.Module, epoch: int, minibatch_id: int,
+                           minibatches_per_epoch: int) -> None:
+        """Prune when the policy prunes within the epoch, set masks that were waiting for statistics, then measure
+        this minibatch's forward pass."""
+        super().on_minibatch_begin(scheduler, epoch, minibatch_id, minibatches_per_epoch)
         if self.deferred:
             self._set_deferred(scheduler)
         self._install(model)
 
     @hookimpl
-    def on_epoch_end(self, scheduler: Any) -> None:
+    def on_epoch_end(self, scheduler: SchedulerView) -> None:
         """This epoch's statistics become the ranking for the next pruning epoch."""
         self.end_forward()
         for param_name, stats in self.collecting.items():
@@ -353,27 +356,18 @@ class ActivationRankedFilterPruner(ForwardPassHooks, abc.ABC):
         self.deferred = {name: float(f) for name, f in state.get("deferred", {}).items()}
 
 
-class _FixedFraction(PolicyLevels, ActivationRankedFilterPruner):
+class _FixedFraction(ActivationRankedFilterPruner):
     def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
                  model: nn.Module, group_dependency: str | None = None) -> None:
         super().__init__(name, group_type, weights, model, group_dependency)
-        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
-        self._levels: dict[str, float] | None = None
-
-    def target_sparsity(self, param_name: str, meta: Mapping[str, Any]) -> float:
-        """``desired_sparsity``, or the policy's level for ``param_name`` when it gives ``levels``."""
-        return self.policy_level(param_name)
+        self.level = FixedLevel(desired_sparsity)
 
 
-class _GradualFraction(AGPLevels, ActivationRankedFilterPruner):
+class _GradualFraction(ActivationRankedFilterPruner):
     def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
                  weights: list[str] | str, model: nn.Module, group_dependency: str | None = None) -> None:
         super().__init__(name, group_type, weights, model, group_dependency)
-        self._init_agp(initial_sparsity, final_sparsity)
-
-    def target_sparsity(self, param_name: str, meta: Mapping[str, Any]) -> float:
-        """Distiller's AGP fraction of filters for the current epoch."""
-        return self.compute_target_sparsity(meta)
+        self.level = AGPLevel(initial_sparsity, final_sparsity)
 
 
 class ActivationAPoZRankedFilterPruner(_FixedFraction):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Collection
+from typing import Literal
 
 import torch
 
+from hookprune.contract import Policy, SchedulerView
+from hookprune.errors import ArgumentError
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.base import ArgumentError, check_number, check_weights
+from hookprune.pruning.base import Pruner, PruningStep
+from hookprune.pruning.checks import check_number, check_weights
 from hookprune.selection import threshold_keep_mask
 
 Granularity = Literal["epoch", "minibatch"]
@@ -38,7 +41,7 @@ def baidu_threshold(q: float, ramp_epoch_offset: int, ramp_slope_mult: float, st
     return (start_slope * (ramp_epoch - starting_epoch + 1) + ramp_slope * (position - ramp_epoch + 1)) / freq
 
 
-class BaiduRNNPruner:
+class BaiduRNNPruner(Pruner):
     """Element-wise pruning of the listed ``weights`` by a threshold that ramps up over the window.
 
     Every weight whose magnitude is at most the threshold is pruned (Distiller's ``threshold_mask``);
@@ -67,36 +70,41 @@ class BaiduRNNPruner:
             raise ArgumentError("ramp_granularity", f"'ramp_granularity' must be 'epoch' or 'minibatch', "
                                 f"got {ramp_granularity!r}")
         self.ramp_granularity = ramp_granularity
-        self._meta: Mapping[str, Any] | None = None
 
-    def check_policy(self, starting_epoch: int, ending_epoch: int, frequency: int | None) -> None:
+    no_levels = "prunes by a threshold that ramps up"
+
+    def check_policy(self, policy: Policy) -> None:
         """Refuse a window in which the ramp's slope is undefined."""
-        baidu_threshold(self.q, self.ramp_epoch_offset, self.ramp_slope_mult, starting_epoch, ending_epoch,
-                        frequency, starting_epoch)
+        super().check_policy(policy)
+        w = policy.window
+        baidu_threshold(self.q, self.ramp_epoch_offset, self.ramp_slope_mult, w.starting_epoch, w.ending_epoch,
+                        w.frequency, w.starting_epoch)
 
-    def threshold(self, meta: Mapping[str, Any], position: float | None = None) -> float:
-        """The threshold at ``position`` (default: ``meta['current_epoch']``) of ``meta``'s window."""
-        return baidu_threshold(self.q, self.ramp_epoch_offset, self.ramp_slope_mult, meta["starting_epoch"],
-                               meta["ending_epoch"], meta["frequency"],
-                               meta["current_epoch"] if position is None else position)
+    def idle_hooks(self, policy: Policy) -> Collection[str]:
+        """The minibatch hook idles unless the policy prunes within an epoch or the ramp climbs per minibatch."""
+        return () if self.ramp_granularity == "minibatch" else super().idle_hooks(policy)
 
-    def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
-                       meta: dict[str, Any]) -> None:
-        """Prune ``param_name`` at this epoch's threshold (Distiller's pruner entry point)."""
-        if param_name not in self.params_names:
-            return
-        self._meta = meta
-        zeros_mask_dict[param_name].mask = threshold_keep_mask(param, self.threshold(meta))
+    def threshold(self, policy: Policy, position: float) -> float:
+        """The threshold at ``position`` (an epoch, possibly fractional) of ``policy``'s window."""
+        w = policy.window
+        return baidu_threshold(self.q, self.ramp_epoch_offset, self.ramp_slope_mult, w.starting_epoch,
+                               w.ending_epoch, w.frequency, position)
+
+    def keep_masks(self, step: PruningStep) -> dict[str, torch.Tensor]:
+        """Prune every listed weight at this epoch's threshold."""
+        threshold = self.threshold(step.policy, step.epoch)
+        return {name: threshold_keep_mask(step.ranked(name), threshold) for name in self.targets(step.params)}
 
     @hookimpl
-    def on_minibatch_begin(self, scheduler: Any, epoch: int, minibatch_id: int,
+    def on_minibatch_begin(self, scheduler: SchedulerView, epoch: int, minibatch_id: int,
                            minibatches_per_epoch: int) -> None:
         """With ``ramp_granularity: minibatch``, raise the threshold before each later minibatch."""
-        if self.ramp_granularity != "minibatch" or minibatch_id == 0 or self._meta is None:
+        super().on_minibatch_begin(scheduler, epoch, minibatch_id, minibatches_per_epoch)
+        if self.ramp_granularity != "minibatch" or minibatch_id == 0:
             return
-        if self._meta["current_epoch"] != epoch:
-            return
-        threshold = self.threshold(self._meta, epoch + minibatch_id / minibatches_per_epoch)
-        params = scheduler.masks.index.params
-        for param_name in self.params_names:
+        policy = scheduler.policy_of(self)
+        assert policy is not None
+        threshold = self.threshold(policy, epoch + minibatch_id / minibatches_per_epoch)
+        params = scheduler.params
+        for param_name in self.targets(params):
             scheduler.masks[param_name] = threshold_keep_mask(params[param_name], threshold)

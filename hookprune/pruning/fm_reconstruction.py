@@ -10,15 +10,19 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hookprune.contract import Policy, SchedulerView
+from hookprune.errors import ArgumentError
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.base import ArgumentError, ForwardPassHooks, PolicyLevels, check_fraction, check_weights
+from hookprune.pruning.base import ForwardPassHooks, Pruner, PruningStep
+from hookprune.pruning.checks import check_weights
+from hookprune.pruning.levels import FixedLevel
 from hookprune.pruning.structures import (
     check_group_type,
     check_rounding_fn,
@@ -81,7 +85,7 @@ def reconstruct(inputs: torch.Tensor, weight: torch.Tensor, keep_columns: torch.
     return w[:, keep] + delta.T
 
 
-class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
+class FMReconstructionChannelPruner(ForwardPassHooks, Pruner):
     """Prune ``desired_sparsity`` of each listed layer's input channels by L1 magnitude and re-fit
     the remaining weights by least squares on sampled input feature maps (He et al. 2017, Distiller's
     AMC channel pruner), for ``Conv2d`` (``groups: 1``, zero padding) and ``Linear`` layers.
@@ -108,7 +112,7 @@ class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
                  seed: int | None = None) -> None:
         self.name = name
         self.group_type = check_group_type(group_type, ("Channels",))
-        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
+        self.level = FixedLevel(desired_sparsity)
         self.params_names = check_weights(weights)
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise ArgumentError("group_size", f"'group_size' must be a positive integer, got {group_size!r}")
@@ -137,7 +141,6 @@ class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
                 raise ArgumentError("group_size", f"group_size {group_size} does not divide the {channels} input "
                                     f"channels of '{param_name}'")
             self._layers[param_name] = layer_name
-        self._levels: dict[str, float] | None = None
         #: weights waiting to be pruned in this epoch -> fraction of channels
         self.pending: dict[str, float] = {}
         #: sampled input rows per pending weight
@@ -159,26 +162,25 @@ class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
 
     # -- configuration ----------------------------------------------------------------------------
 
-    def fraction_to_prune(self, param_name: str) -> float:
-        """``desired_sparsity``, or the policy's level for ``param_name`` when it gives ``levels``."""
-        return self.policy_level(param_name)
+    def idle_hooks(self, policy: Policy) -> Collection[str]:
+        """None: the minibatch hook samples and prunes."""
+        return ()
 
     def inputs_per_output(self, param_name: str) -> int:
         """How many weights feed one output of the layer: the sample rows a determined fit needs."""
         return self.model.get_parameter(param_name)[0].numel()
 
-    # -- Distiller's pruner entry point -----------------------------------------------------------
+    # -- pruning ------------------------------------------------------------------------------------
 
-    def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
-                       meta: dict[str, Any]) -> None:
-        """Start collecting samples for ``param_name``; it is pruned once enough exist (see the class)."""
-        if param_name not in self._layers:
-            return
-        fraction = self.fraction_to_prune(param_name)
-        if fraction == 0:
-            return
-        self.pending[param_name] = fraction
-        self.samples[param_name] = []
+    def prune(self, step: PruningStep) -> None:
+        """Start collecting samples for each listed weight; it is pruned once enough exist (see the class)."""
+        assert self.level is not None
+        for param_name in self.targets(step.params):
+            fraction = self.level.level(param_name, step)
+            if fraction == 0:
+                continue
+            self.pending[param_name] = fraction
+            self.samples[param_name] = []
 
     def channel_keep_map(self, param: torch.Tensor, param_name: str, fraction: float) -> torch.Tensor | None:
         """Per-channel keep-map pruning exactly ``count_to_prune`` channels by L1, or None for none."""
@@ -191,12 +193,12 @@ class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
         keep = prune_lowest(scores, k // self.group_size)
         return keep.repeat_interleave(self.group_size)
 
-    def prune(self, scheduler: Any, param_name: str) -> None:
+    def prune_now(self, scheduler: SchedulerView, param_name: str) -> None:
         """Prune ``param_name`` now, re-fitting the kept weights on the samples collected so far; the
         pruned channels are zeroed at once and their mask handed to the scheduler."""
         fraction = self.pending.pop(param_name)
         samples = self.samples.pop(param_name, [])
-        param = scheduler.masks.index.params[param_name]
+        param = scheduler.params[param_name]
         keep = self.channel_keep_map(param, param_name, fraction)
         if keep is None:
             return
@@ -220,11 +222,13 @@ class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
     # -- hooks --------------------------------------------------------------------------------------
 
     @hookimpl
-    def on_minibatch_begin(self, scheduler: Any, model: nn.Module) -> None:
+    def on_minibatch_begin(self, scheduler: SchedulerView, model: nn.Module, epoch: int, minibatch_id: int,
+                           minibatches_per_epoch: int) -> None:
         """Prune the weights that have enough samples, and sample this minibatch for the others."""
+        super().on_minibatch_begin(scheduler, epoch, minibatch_id, minibatches_per_epoch)
         for param_name in list(self.pending):
             if self._rows(param_name) >= self.inputs_per_output(param_name):
-                self.prune(scheduler, param_name)
+                self.prune_now(scheduler, param_name)
         if self.pending and not self._handles:
             modules = dict(model.named_modules())
             for param_name in self.pending:
@@ -232,11 +236,11 @@ class FMReconstructionChannelPruner(ForwardPassHooks, PolicyLevels):
                 self._handles.append(modules[self._layers[param_name]].register_forward_hook(hook))
 
     @hookimpl
-    def on_epoch_end(self, scheduler: Any) -> None:
+    def on_epoch_end(self, scheduler: SchedulerView) -> None:
         """Prune what is still waiting, with the samples collected in the epoch."""
         self.remove_hooks()
         for param_name in list(self.pending):
-            self.prune(scheduler, param_name)
+            self.prune_now(scheduler, param_name)
 
     def remove_hooks(self) -> None:
         """Remove every forward hook this pruner installed (pending samples are kept)."""

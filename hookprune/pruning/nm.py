@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from hookprune.pruning.base import ArgumentError, check_weights
+from hookprune.errors import ArgumentError
+from hookprune.pruning.base import Pruner, PruningStep
+from hookprune.pruning.checks import check_weights
 
 
 def _check_positive_int(argument: str, value: Any) -> int:
@@ -42,7 +44,7 @@ def nm_keep_mask(weights: torch.Tensor, n: int, m: int, name: str = "the weight"
     return keep.view(grouped.shape).movedim(-1, 1).contiguous()
 
 
-class NMSparsityPruner:
+class NMSparsityPruner(Pruner):
     """Keep the ``n`` largest-magnitude weights of every ``m`` consecutive inputs (2:4, 1:4, 4:8...).
 
     Every listed weight must have an input dimension (dim 1) divisible by ``m``; a weight that does
@@ -57,13 +59,14 @@ class NMSparsityPruner:
             raise ArgumentError("n", f"'n' ({n}) must be smaller than 'm' ({m}): N of every M weights are kept")
         self.params_names = check_weights(weights)
 
-    def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
-                       meta: dict[str, Any]) -> None:
-        """Distiller's pruner entry point: hand ``param_name`` its N:M keep-mask."""
-        if param_name not in self.params_names:
-            return
-        try:
-            mask = nm_keep_mask(param, self.n, self.m, param_name)
-        except ValueError as exc:
-            raise ValueError(f"NMSparsityPruner '{self.name}': {exc}") from None
-        zeros_mask_dict[param_name].mask = mask
+    no_levels = "keeps n of every m weights"
+
+    def keep_masks(self, step: PruningStep) -> dict[str, torch.Tensor]:
+        """The N:M keep-mask of every listed weight."""
+        masks = {}
+        for param_name in self.targets(step.params):
+            try:
+                masks[param_name] = nm_keep_mask(step.ranked(param_name), self.n, self.m, param_name)
+            except ValueError as exc:
+                raise ValueError(f"NMSparsityPruner '{self.name}': {exc}") from None
+        return masks

@@ -1,9 +1,12 @@
 """Distiller's ranked structure pruners: rank the filters, channels, rows or blocks of each listed
 weight and zero exactly the lowest-ranked fraction of them (or a random choice, for the random ones).
 
-Every class keeps Distiller's YAML names (``group_type``, ``desired_sparsity``, ``weights``,
-``group_dependency``, ``kwargs: {block_shape: ...}``, ``noise``, ``group_size``, ``rounding_fn``,
-``initial_sparsity`` / ``final_sparsity`` for the ``_AGP`` variants) and semantics:
+One class, :class:`StructurePruner`, pairs a ranking (which structures: :class:`LpNorm`,
+:class:`WeightGradient`, :class:`RandomScores`, :class:`BernoulliDraw`) with a level schedule (how many, when:
+:mod:`hookprune.pruning.levels`). Distiller's class names, ``..._AGP`` variants included, are that class with
+their YAML arguments (``group_type``, ``desired_sparsity`` or ``initial_sparsity``/``final_sparsity``,
+``weights``, ``group_dependency``, ``kwargs: {block_shape: ...}``, ``noise``, ``group_size``, ``rounding_fn``)
+and Distiller's semantics:
 
 - Scores are length-normalised Lp norms (:func:`hookprune.pruning.structures.structure_scores`);
   the count is Distiller's (:func:`hookprune.pruning.structures.count_to_prune`), exact, with ties
@@ -11,14 +14,14 @@ Every class keeps Distiller's YAML names (``group_type``, ``desired_sparsity``, 
 - ``group_type: Rows`` ranks the rows of the transposed matrix a Linear layer multiplies by, that
   is the columns (input features) of its PyTorch ``weight``, exactly as Distiller does.
 - ``group_dependency: Leader``: the first listed weight's ranking decides which structures are
-  pruned in every listed weight (the weights feeding one residual sum keep the same filters).
+  pruned in every listed weight (the weights feeding one residual sum keep the same filters); the pruner
+  sees every listed weight in one step, so the leader is ranked once per step.
 - ``noise`` (Distiller's epsilon-greedy exploration): with probability ``noise``, the scores of a
   ranking are multiplied by standard normal draws before the lowest are chosen.
 
 Random draws come from a generator each pruner owns; its state is in ``state_dict()`` so a
 resumed run draws the same numbers as the uninterrupted one. A pruner policy's ``args: {levels:
-{...}}`` overrides ``desired_sparsity`` per parameter (``'*'`` for the rest) as it does for level
-pruners.
+{...}}`` overrides ``desired_sparsity`` per parameter (``'*'`` for the rest).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from typing import Any
 
 import torch
 
-from hookprune.pruning.agp import AGPLevels
-from hookprune.pruning.base import ArgumentError, OwnLevel, PolicyLevels, check_fraction
+from hookprune.errors import ArgumentError
+from hookprune.pruning.base import Pruner, PruningStep
+from hookprune.pruning.checks import check_fraction, check_seed
+from hookprune.pruning.levels import AGPLevel, FixedLevel, LevelSchedule, RandomLevel
 from hookprune.pruning.structures import (
     STRUCTURE_NOUNS,
     check_block_shape,
@@ -89,23 +94,92 @@ def _check_block_args(group_type: str, kwargs: Any, block_shape: Any) -> tuple[i
     return check_block_shape(block_shape)
 
 
-class _RankedStructurePruner(PolicyLevels):
-    """What every ranked pruner shares: which weights, which structures, the exact count, the
-    Leader dependency, policy ``levels``, and the checkpointed random generator."""
+# -- rankings: which structures ---------------------------------------------------------------------------
 
-    #: the canonical group types the class accepts
-    group_types: tuple[str, ...] = LP_GROUP_TYPES
-    #: the level pruned when no policy ``levels`` apply (the ``_AGP`` variants compute theirs instead)
-    desired_sparsity: float
-    #: one score per group of structures (``param``, ``param_name``); the lowest are pruned
-    structure_ranking: Callable[[torch.Tensor, str], torch.Tensor]
 
-    def __init__(self, name: str, group_type: str, weights: list[str] | str, group_dependency: str | None = None,
-                 group_size: int = 1, rounding_fn: str | Callable[[float], int] = "floor",
-                 block_shape: Sequence[int] | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
+class StructureRanking:
+    """Which structures of a weight go: one score per group of structures, the lowest pruned first."""
+
+    def scores(self, pruner: StructurePruner, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        """One score per group of ``param``'s structures."""
+        raise NotImplementedError
+
+    def keep_map(self, pruner: StructurePruner, param: torch.Tensor, param_name: str,
+                 fraction: float) -> torch.Tensor | None:
+        """Keep-map over groups of structures pruning exactly Distiller's count for ``fraction``, or None for none."""
+        n = num_structures(param.shape, pruner.structure, pruner.block_shape)
+        k = count_to_prune(n, fraction, pruner.group_size, pruner.rounding_fn, param_name=param_name,
+                           structure=STRUCTURE_NOUNS[pruner.structure])
+        if k == 0:
+            return None
+        return prune_lowest(self.scores(pruner, param, param_name), k // pruner.group_size)
+
+
+class LpNorm(StructureRanking):
+    """The length-normalised Lp norm of each group; with probability ``noise``, times standard normal draws."""
+
+    def __init__(self, p: float, noise: float = 0.0) -> None:
+        self.p = p
+        self.noise = check_fraction("noise", noise, below_one=False)
+
+    def scores(self, pruner: StructurePruner, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        scores = structure_scores(param, pruner.structure, self.p, pruner.block_shape, pruner.group_size)
+        if self.noise and torch.rand((), generator=pruner.generator).item() <= self.noise:
+            scores = scores * torch.randn(scores.shape, generator=pruner.generator).to(scores.device)
+        return scores
+
+
+class WeightGradient(StructureRanking):
+    """Per filter, the sum of weight * gradient (Molchanov et al.'s first-order Taylor term, signed, as Distiller
+    ranks it); an error when no backward pass has run yet."""
+
+    def scores(self, pruner: StructurePruner, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        grad = pruner.params_grad(param_name, param)
+        if grad is None:
+            raise ValueError(f"{type(pruner).__name__} '{pruner.name}': '{param_name}' has no gradient yet; it ranks "
+                             "filters by weight * gradient, so start its policy after an epoch of training")
+        with torch.no_grad():
+            return (param.detach() * grad).reshape(param.shape[0], -1).sum(dim=1)
+
+
+class RandomScores(StructureRanking):
+    """Uniform random scores from the pruner's generator: a uniformly random subset of the exact count."""
+
+    def scores(self, pruner: StructurePruner, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        return torch.rand(param.shape[0], generator=pruner.generator)
+
+
+class BernoulliDraw(StructureRanking):
+    """Drop each filter independently with probability ``fraction`` (DropFilter), drawn again while it keeps none."""
+
+    def keep_map(self, pruner: StructurePruner, param: torch.Tensor, param_name: str,
+                 fraction: float) -> torch.Tensor | None:
+        if fraction == 0:
+            return None
+        if not 0 < fraction < 1:
+            raise ValueError(f"pruning all {param.shape[0]} filters of '{param_name}' would disconnect the layer "
+                             f"(drop probability {fraction:g})")
+        probabilities = torch.full((param.shape[0],), 1.0 - fraction, dtype=torch.float64)
+        while True:
+            keep = torch.bernoulli(probabilities, generator=pruner.generator).to(torch.bool)
+            if keep.any():
+                return keep
+
+
+# -- the pruner ---------------------------------------------------------------------------------------------
+
+
+class StructurePruner(Pruner):
+    """Prune whole structures of each listed weight: the ``ranking`` decides which, the ``level`` schedule how many
+    (Distiller's count of them, exact), ``group_dependency: Leader`` lets the first weight decide for all."""
+
+    def __init__(self, name: str, group_type: str, weights: list[str] | str, ranking: StructureRanking,
+                 level: LevelSchedule, group_dependency: str | None = None, group_size: int = 1,
+                 rounding_fn: str | Callable[[float], int] = "floor", block_shape: Sequence[int] | None = None,
+                 seed: int | None = None, model: torch.nn.Module | None = None,
+                 group_types: tuple[str, ...] = LP_GROUP_TYPES) -> None:
         self.name = name
-        self.group_type = check_group_type(group_type, self.group_types)
+        self.group_type = check_group_type(group_type, group_types)
         #: the structures actually ranked: Distiller's ranked "Rows" are the weight's columns
         self.structure = "Cols" if self.group_type == "Rows" else self.group_type
         self.params_names = _weight_names(weights)
@@ -115,12 +189,11 @@ class _RankedStructurePruner(PolicyLevels):
         self.group_size = group_size
         self.rounding_fn = check_rounding_fn(rounding_fn)
         self.block_shape = block_shape
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ArgumentError("seed", f"'seed' must be an integer, got {seed!r}")
+        seed = check_seed(seed)
         self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
-        self._levels: dict[str, float] | None = None
-        self._leader_keep: torch.Tensor | None = None
-        self._round_seen: set[str] = set()
+        self.ranking = ranking
+        self.level = level
+        self._grads: dict[str, torch.Tensor | None] = {}
         if model is not None:
             self._check_model(model)
 
@@ -129,10 +202,6 @@ class _RankedStructurePruner(PolicyLevels):
     def leader(self) -> str:
         """The weight whose ranking decides for all listed weights under ``group_dependency: Leader``."""
         return self.params_names[0]
-
-    def is_supported(self, param_name: str) -> bool:
-        """True for the weights this pruner was given."""
-        return param_name in self.params_names
 
     def _noun(self) -> str:
         return STRUCTURE_NOUNS[self.structure]
@@ -160,51 +229,35 @@ class _RankedStructurePruner(PolicyLevels):
                     raise ArgumentError("weights", f"group_dependency Leader: '{param_name}' has {count} "
                                         f"{self._noun()} but the leader '{self.leader()}' has {leader_count}")
 
-    # -- how much and which --------------------------------------------------------------------
+    # -- which and how many ------------------------------------------------------------------------
 
-    def fraction_to_prune(self, param_name: str, meta: dict[str, Any] | None) -> float:
-        """The fraction of ``param_name``'s structures to prune now."""
-        return self.policy_level(param_name)
+    def structure_ranking(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        """The ranking's scores of ``param``'s groups of structures (the lowest are pruned first)."""
+        return self.ranking.scores(self, param, param_name)
 
     def keep_map(self, param: torch.Tensor, param_name: str, fraction: float) -> torch.Tensor | None:
         """Keep-map over groups of structures for ``fraction`` (None when nothing is to be pruned)."""
-        n = num_structures(param.shape, self.structure, self.block_shape)
-        k = count_to_prune(n, fraction, self.group_size, self.rounding_fn, param_name=param_name,
-                           structure=self._noun())
-        if k == 0:
-            return None
-        return prune_lowest(self.structure_ranking(param, param_name), k // self.group_size)
+        return self.ranking.keep_map(self, param, param_name, fraction)
 
-    # -- driving ---------------------------------------------------------------------------------
+    def params_grad(self, param_name: str, param: torch.Tensor) -> torch.Tensor | None:
+        """The gradient of ``param_name`` (that of the model's parameter, when ``param`` is a folded copy)."""
+        return self._grads.get(param_name, param.grad)
 
-    def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
-                       meta: dict[str, Any] | None) -> None:
-        """Distiller's pruner entry point: set ``param_name``'s mask when it is one of ``weights``."""
-        if not self.is_supported(param_name):
-            return
+    def keep_masks(self, step: PruningStep) -> dict[str, torch.Tensor]:
+        """Each listed weight's mask, the leader's keep-map shared by all under ``group_dependency: Leader``."""
+        assert self.level is not None
+        targets = self.targets(step.params)
+        self._grads = {name: step.params[name].grad for name in targets}
         if self.group_dependency == "Leader":
-            keep = self._leader_keep_map(param_name, meta)
-        else:
-            keep = self.keep_map(param, param_name, self.fraction_to_prune(param_name, meta))
-        if keep is None:
-            return
-        zeros_mask_dict[param_name].mask = expand_structure_mask(
-            keep.to(param.device), param.shape, self.structure, self.block_shape, self.group_size)
-
-    def _leader_keep_map(self, param_name: str, meta: dict[str, Any] | None) -> torch.Tensor | None:
-        """The leader's keep-map, shared by every listed weight: computed once per round of
-        ``set_param_mask`` calls over the weights (a weight seen again starts a new round)."""
-        if param_name in self._round_seen or not self._round_seen:
-            model = None if meta is None else meta.get("model")
-            if model is None:
-                raise ValueError(f"{type(self).__name__} '{self.name}': group_dependency Leader needs "
-                                 "meta['model'] to read the leader's weights")
             leader = self.leader()
-            self._leader_keep = self.keep_map(model.get_parameter(leader), leader,
-                                              self.fraction_to_prune(leader, meta))
-            self._round_seen = set()
-        self._round_seen.add(param_name)
-        return self._leader_keep
+            shared = self.keep_map(step.ranked(leader), leader, self.level.level(leader, step))
+            keeps = dict.fromkeys(targets, shared)
+        else:
+            keeps = {name: self.keep_map(step.ranked(name), name, self.level.level(name, step)) for name in targets}
+        self._grads = {}
+        return {name: expand_structure_mask(keep.to(step.params[name].device), step.params[name].shape,
+                                            self.structure, self.block_shape, self.group_size)
+                for name, keep in keeps.items() if keep is not None}
 
     # -- checkpoint -------------------------------------------------------------------------------
 
@@ -218,230 +271,163 @@ class _RankedStructurePruner(PolicyLevels):
             self.generator.set_state(state["generator"])
 
 
-class _AGPLevels(AGPLevels):
-    """The ``_AGP`` variants' level: Zhu & Gupta's cubic schedule over the policy's epochs."""
-
-    def fraction_to_prune(self, param_name: str, meta: dict[str, Any] | None) -> float:
-        """The AGP target for the current epoch, the same for every listed weight."""
-        if meta is None:
-            raise ValueError(f"{type(self).__name__} needs the policy's meta (epochs) to compute its level")
-        return self.compute_target_sparsity(meta)
+# -- Distiller's Lp-ranked pruners ---------------------------------------------------------------------------
 
 
-# -- Lp-norm ranking ---------------------------------------------------------------------------------
-
-
-class _LpRankedPruner(_RankedStructurePruner):
-    """Rank by the length-normalised Lp norm (``p`` set by the subclass), with optional noise."""
-
+class _LpRanked(StructurePruner):
     p: float = 1
 
-    def __init__(self, name: str, group_type: str, weights: list[str] | str, group_dependency: str | None = None,
-                 kwargs: dict[str, Any] | None = None, noise: float = 0.0, group_size: int = 1,
-                 rounding_fn: str = "floor", block_shape: list[int] | None = None, seed: int | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        canonical = check_group_type(group_type, self.group_types)
-        self.noise = check_fraction("noise", noise, below_one=False)
-        super().__init__(name, group_type, weights, group_dependency, group_size, rounding_fn,
+    def __init__(self, name: str, group_type: str, weights: list[str] | str, level: LevelSchedule,
+                 group_dependency: str | None, kwargs: dict[str, Any] | None, noise: float, group_size: int,
+                 rounding_fn: str, block_shape: list[int] | None, seed: int | None,
+                 model: torch.nn.Module | None) -> None:
+        canonical = check_group_type(group_type, LP_GROUP_TYPES)
+        ranking = LpNorm(self.p, noise)
+        super().__init__(name, group_type, weights, ranking, level, group_dependency, group_size, rounding_fn,
                          _check_block_args(canonical, kwargs, block_shape), seed, model)
 
-    def structure_ranking(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
-        """Length-normalised Lp norms per group; with probability ``noise`` times standard normal draws."""
-        scores = structure_scores(param, self.structure, self.p, self.block_shape, self.group_size)
-        if self.noise and torch.rand((), generator=self.generator).item() <= self.noise:
-            scores = scores * torch.randn(scores.shape, generator=self.generator).to(scores.device)
-        return scores
+    @property
+    def noise(self) -> float:
+        assert isinstance(self.ranking, LpNorm)
+        return self.ranking.noise
 
 
-class _LpRankedLevelPruner(_LpRankedPruner):
-    """An Lp-ranked pruner at a fixed ``desired_sparsity`` (or the policy's ``levels``)."""
-
-    def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
-                 group_dependency: str | None = None, kwargs: dict[str, Any] | None = None, noise: float = 0.0,
-                 group_size: int = 1, rounding_fn: str = "floor", block_shape: list[int] | None = None,
-                 seed: int | None = None, model: torch.nn.Module | None = None) -> None:
-        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, kwargs, noise, group_size, rounding_fn,
-                         block_shape, seed, model)
-
-
-class L1RankedStructureParameterPruner(_LpRankedLevelPruner):
+class L1RankedStructureParameterPruner(_LpRanked):
     """Zero exactly the ``desired_sparsity`` fraction of structures (``group_type``: Filters/3D,
     Channels, Rows, Blocks) with the lowest mean absolute value in each listed weight."""
 
     p = 1
 
+    def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
+                 group_dependency: str | None = None, kwargs: dict[str, Any] | None = None, noise: float = 0.0,
+                 group_size: int = 1, rounding_fn: str = "floor", block_shape: list[int] | None = None,
+                 seed: int | None = None, model: torch.nn.Module | None = None) -> None:
+        super().__init__(name, group_type, weights, FixedLevel(desired_sparsity), group_dependency, kwargs, noise,
+                         group_size, rounding_fn, block_shape, seed, model)
 
-class L2RankedStructureParameterPruner(_LpRankedLevelPruner):
+
+class L2RankedStructureParameterPruner(L1RankedStructureParameterPruner):
     """As :class:`L1RankedStructureParameterPruner`, ranking by the L2 norm divided by the
     structure's number of elements."""
 
     p = 2
 
 
-class _LpRankedAGPPruner(_AGPLevels, _LpRankedPruner):
-    """An Lp-ranked pruner whose level follows the AGP schedule."""
+class L1RankedStructureParameterPruner_AGP(_LpRanked):
+    """L1-ranked structure pruning whose level follows the AGP schedule from ``initial_sparsity`` to
+    ``final_sparsity`` over the policy's epochs; the last pruning epoch prunes exactly the final fraction."""
+
+    p = 1
 
     def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
                  weights: list[str] | str, group_dependency: str | None = None, kwargs: dict[str, Any] | None = None,
                  noise: float = 0.0, group_size: int = 1, rounding_fn: str = "floor",
                  block_shape: list[int] | None = None, seed: int | None = None,
                  model: torch.nn.Module | None = None) -> None:
-        self._init_agp(initial_sparsity, final_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, kwargs, noise, group_size, rounding_fn,
-                         block_shape, seed, model)
+        super().__init__(name, group_type, weights, AGPLevel(initial_sparsity, final_sparsity), group_dependency,
+                         kwargs, noise, group_size, rounding_fn, block_shape, seed, model)
 
 
-class L1RankedStructureParameterPruner_AGP(_LpRankedAGPPruner):
-    """L1-ranked structure pruning whose level follows the AGP schedule from ``initial_sparsity`` to
-    ``final_sparsity`` over the policy's epochs; the last pruning epoch prunes exactly the final fraction."""
-
-    p = 1
-
-
-class L2RankedStructureParameterPruner_AGP(_LpRankedAGPPruner):
+class L2RankedStructureParameterPruner_AGP(L1RankedStructureParameterPruner_AGP):
     """As :class:`L1RankedStructureParameterPruner_AGP`, ranking by the length-normalised L2 norm."""
 
     p = 2
 
 
-class RandomLevelStructureParameterPruner(OwnLevel, L1RankedStructureParameterPruner):
+class RandomLevelStructureParameterPruner(_LpRanked):
     """L1-ranked structure pruning at a level drawn uniformly from ``sparsity_range`` [lo, hi] each
-    time masks are set (per weight; once per round for a Leader group): DropFilter by magnitude."""
-
-    level_source = "draws its level from 'sparsity_range'"
+    time masks are set (per weight; once per step for a Leader group): DropFilter by magnitude."""
 
     def __init__(self, name: str, group_type: str, sparsity_range: list[float], weights: list[str] | str,
                  group_dependency: str | None = None, kwargs: dict[str, Any] | None = None,
                  block_shape: list[int] | None = None, seed: int | None = None,
                  model: torch.nn.Module | None = None) -> None:
-        if not isinstance(sparsity_range, list | tuple) or len(sparsity_range) != 2:
-            raise ArgumentError("sparsity_range", f"'sparsity_range' must be [low, high], got {sparsity_range!r}")
-        low = check_fraction("sparsity_range", sparsity_range[0])
-        high = check_fraction("sparsity_range", sparsity_range[1])
-        if low > high:
-            raise ArgumentError("sparsity_range", f"'sparsity_range' must be [low, high] with low <= high, "
-                                f"got {list(sparsity_range)}")
-        self.sparsity_range = (low, high)
-        super().__init__(name, group_type, 0.0, weights, group_dependency, kwargs, block_shape=block_shape,
-                         seed=seed, model=model)
+        generator = torch.Generator()
+        level = RandomLevel(sparsity_range, generator)
+        super().__init__(name, group_type, weights, level, group_dependency, kwargs, 0.0, 1, "floor", block_shape,
+                         seed, model)
+        level.generator = self.generator
 
-    def fraction_to_prune(self, param_name: str, meta: dict[str, Any] | None) -> float:
-        """A level drawn uniformly from ``sparsity_range`` with the pruner's generator."""
-        low, high = self.sparsity_range
-        return low + (high - low) * torch.rand((), generator=self.generator, dtype=torch.float64).item()
+    @property
+    def sparsity_range(self) -> tuple[float, float]:
+        assert isinstance(self.level, RandomLevel)
+        return self.level.sparsity_range
 
 
-# -- filter rankings by other criteria ----------------------------------------------------------------
+# -- Distiller's filter pruners ranked by other criteria -------------------------------------------------------
 
 
-class _FilterPruner(_RankedStructurePruner):
-    """A filter pruner with Distiller's arguments (``group_type`` Filters or 3D)."""
+class _FilterPruner(StructurePruner):
+    """A filter pruner with Distiller's arguments (``group_type`` Filters or 3D) and the class's ranking."""
 
-    group_types = FILTER_GROUP_TYPES
+    ranking_class: type[StructureRanking]
 
-    def __init__(self, name: str, group_type: str, weights: list[str] | str, group_dependency: str | None = None,
-                 seed: int | None = None, model: torch.nn.Module | None = None) -> None:
-        super().__init__(name, group_type, weights, group_dependency, seed=seed, model=model)
+    def __init__(self, name: str, group_type: str, weights: list[str] | str, level: LevelSchedule,
+                 group_dependency: str | None, seed: int | None, model: torch.nn.Module | None) -> None:
+        super().__init__(name, group_type, weights, self.ranking_class(), level, group_dependency, seed=seed,
+                         model=model, group_types=FILTER_GROUP_TYPES)
 
 
 class _LevelFilterPruner(_FilterPruner):
-    """A filter pruner at a fixed ``desired_sparsity`` (or the policy's ``levels``)."""
-
     def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
                  group_dependency: str | None = None, seed: int | None = None,
                  model: torch.nn.Module | None = None) -> None:
-        self.desired_sparsity = check_fraction("desired_sparsity", desired_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
+        super().__init__(name, group_type, weights, FixedLevel(desired_sparsity), group_dependency, seed, model)
 
 
-class _AGPFilterPruner(_AGPLevels, _FilterPruner):
-    """A filter pruner whose level follows the AGP schedule."""
-
+class _AGPFilterPruner(_FilterPruner):
     def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, group_type: str,
                  weights: list[str] | str, group_dependency: str | None = None, seed: int | None = None,
                  model: torch.nn.Module | None = None) -> None:
-        self._init_agp(initial_sparsity, final_sparsity)
-        super().__init__(name, group_type, weights, group_dependency, seed, model)
+        super().__init__(name, group_type, weights, AGPLevel(initial_sparsity, final_sparsity), group_dependency,
+                         seed, model)
 
 
-class _GradientRanking:
-    """Rank filters by the sum of weight * gradient (Molchanov et al.'s first-order Taylor term,
-    signed, as Distiller ranks it)."""
-
-    name: str
-
-    def structure_ranking(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
-        """Per filter, the sum of weight * gradient; an error when no backward pass has run yet."""
-        if param.grad is None:
-            raise ValueError(f"{type(self).__name__} '{self.name}': '{param_name}' has no gradient yet; it ranks "
-                             "filters by weight * gradient, so start its policy after an epoch of training")
-        with torch.no_grad():
-            return (param.detach() * param.grad).reshape(param.shape[0], -1).sum(dim=1)
-
-
-class _RandomRanking:
-    """Rank filters at random: a uniformly random subset of the exact count is pruned."""
-
-    generator: torch.Generator
-
-    def structure_ranking(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
-        """Uniform random scores from the pruner's generator."""
-        return torch.rand(param.shape[0], generator=self.generator)
-
-
-class _BernoulliDraw:
-    """Drop each filter independently with probability ``fraction`` (DropFilter)."""
-
-    generator: torch.Generator
-
-    def keep_map(self, param: torch.Tensor, param_name: str, fraction: float) -> torch.Tensor | None:
-        """A Bernoulli(1 - fraction) keep draw per filter, drawn again while it keeps none."""
-        if fraction == 0:
-            return None
-        if not 0 < fraction < 1:
-            raise ValueError(f"pruning all {param.shape[0]} filters of '{param_name}' would disconnect the layer "
-                             f"(drop probability {fraction:g})")
-        probabilities = torch.full((param.shape[0],), 1.0 - fraction, dtype=torch.float64)
-        while True:
-            keep = torch.bernoulli(probabilities, generator=self.generator).to(torch.bool)
-            if keep.any():
-                return keep
-
-
-class GradientRankedFilterPruner(_GradientRanking, _LevelFilterPruner):
+class GradientRankedFilterPruner(_LevelFilterPruner):
     """Prune exactly the ``desired_sparsity`` fraction of filters with the lowest sum of weight *
     gradient. Needs the gradient of a backward pass, so its policy must start after one."""
 
+    ranking_class = WeightGradient
 
-class GradientRankedFilterPruner_AGP(_GradientRanking, _AGPFilterPruner):
+
+class GradientRankedFilterPruner_AGP(_AGPFilterPruner):
     """:class:`GradientRankedFilterPruner` with the AGP schedule from ``initial_sparsity`` to ``final_sparsity``."""
 
+    ranking_class = WeightGradient
 
-class RandomRankedFilterPruner(_RandomRanking, _LevelFilterPruner):
+
+class RandomRankedFilterPruner(_LevelFilterPruner):
     """Prune exactly the ``desired_sparsity`` fraction of filters, chosen uniformly at random each
     time masks are set (a baseline for the rankings)."""
 
+    ranking_class = RandomScores
 
-class RandomRankedFilterPruner_AGP(_RandomRanking, _AGPFilterPruner):
+
+class RandomRankedFilterPruner_AGP(_AGPFilterPruner):
     """:class:`RandomRankedFilterPruner` with the AGP schedule from ``initial_sparsity`` to ``final_sparsity``."""
 
+    ranking_class = RandomScores
 
-class BernoulliFilterPruner(_BernoulliDraw, _LevelFilterPruner):
+
+class BernoulliFilterPruner(_LevelFilterPruner):
     """Distiller's DropFilter: each filter is dropped independently with probability
     ``desired_sparsity``, drawn afresh every time masks are set, so the count varies around the
     target; a draw that would drop every filter of a layer is drawn again. Masks stay boolean:
     the kept filters are not rescaled."""
 
+    ranking_class = BernoulliDraw
 
-class BernoulliFilterPruner_AGP(_BernoulliDraw, _AGPFilterPruner):
+
+class BernoulliFilterPruner_AGP(_AGPFilterPruner):
     """:class:`BernoulliFilterPruner` whose drop probability follows the AGP schedule."""
+
+    ranking_class = BernoulliDraw
 
 
 # -- thresholding -----------------------------------------------------------------------------------------
 
 
-class StructureParameterPruner:
+class StructureParameterPruner(Pruner):
     """Distiller's structure thresholding: zero each structure whose magnitude is at most its threshold.
 
     ``reg_regims`` maps parameter names to ``[threshold, group_type]`` (group types Filters/3D,
@@ -449,6 +435,8 @@ class StructureParameterPruner:
     mean absolute value of the structure) or ``Max`` (its largest magnitude). Zeroing every
     structure of a layer is an error, except for ``4D``, whose only structure is the whole layer.
     """
+
+    no_levels = "prunes by threshold"
 
     def __init__(self, name: str, model: torch.nn.Module | None, reg_regims: dict[str, list[Any]],
                  threshold_criteria: str) -> None:
@@ -474,17 +462,18 @@ class StructureParameterPruner:
                     raise ArgumentError(label, f"the model has no parameter '{param_name}'") from None
                 except ValueError as exc:
                     raise ArgumentError(label, f"'{param_name}': {exc}") from None
+        self.params_names = list(self.reg_regims)
 
-    def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
-                       meta: dict[str, Any] | None) -> None:
-        """Threshold ``param_name``'s structures when it is listed in ``reg_regims``."""
-        regime = self.reg_regims.get(param_name)
-        if regime is None:
-            return
-        threshold, group_type = regime
+    def structure_keep(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        """The keep-mask of ``param_name``'s structures above its threshold (an error when none is)."""
+        threshold, group_type = self.reg_regims[param_name]
         p = 1 if self.threshold_criteria == "Mean_Abs" else math.inf
         keep = structure_scores(param, group_type, p) > threshold
         if group_type != "4D" and not keep.any():
             raise ValueError(f"pruning all {keep.numel()} {STRUCTURE_NOUNS[group_type]} of '{param_name}' would "
                              f"disconnect the layer (every {self.threshold_criteria} is at most {threshold:g})")
-        zeros_mask_dict[param_name].mask = expand_structure_mask(keep, param.shape, group_type)
+        return expand_structure_mask(keep, param.shape, group_type)
+
+    def keep_masks(self, step: PruningStep) -> dict[str, torch.Tensor]:
+        """Threshold every parameter ``reg_regims`` names."""
+        return {name: self.structure_keep(step.ranked(name), name) for name in self.targets(step.params)}

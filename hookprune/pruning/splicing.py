@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-from hookprune.pruning.base import ArgumentError, check_number
+from hookprune.errors import ArgumentError
+from hookprune.pruning.base import Pruner, PruningStep
+from hookprune.pruning.checks import check_number
 
 
 def splice_mask(weights: torch.Tensor, current_keep: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -22,7 +24,7 @@ def splice_mask(weights: torch.Tensor, current_keep: torch.Tensor, low: float, h
     return torch.where(magnitude >= high, True, keep)
 
 
-class SplicingPruner:
+class SplicingPruner(Pruner):
     """Guo et al.'s dynamic network surgery, with Distiller's thresholds and argument names.
 
     For a parameter with sensitivity ``s`` (from ``sensitivities``, ``'*'`` covering the rest), the
@@ -39,6 +41,8 @@ class SplicingPruner:
     is what lets them come back.
     """
 
+    no_levels = "prunes by thresholds"
+
     def __init__(self, name: str, sensitivities: dict[str, float], low_thresh_mult: float,
                  hi_thresh_mult: float, sensitivity_multiplier: float = 0.0) -> None:
         self.name = name
@@ -54,15 +58,20 @@ class SplicingPruner:
         self.sensitivity_multiplier = check_number("sensitivity_multiplier", sensitivity_multiplier)
         #: parameter name -> (mean, std) of |w| when it was first pruned
         self.magnitude_stats: dict[str, tuple[float, float]] = {}
+        self.params_names = []
 
-    def sensitivity(self, param_name: str, meta: Mapping[str, Any]) -> float | None:
-        """The sensitivity for ``param_name`` at ``meta['current_epoch']``, or None when not pruned."""
+    def sensitivity(self, param_name: str, step: PruningStep) -> float | None:
+        """The sensitivity for ``param_name`` at the step's epoch, or None when the parameter is not pruned."""
         sensitivity = self.sensitivities.get(param_name, self.sensitivities.get("*"))
         if sensitivity is None:
             return None
         if self.sensitivity_multiplier > 0:
-            sensitivity *= (meta["current_epoch"] - meta["starting_epoch"]) * self.sensitivity_multiplier + 1
+            sensitivity *= (step.epoch - step.policy.window.starting_epoch) * self.sensitivity_multiplier + 1
         return sensitivity
+
+    def targets(self, params: Mapping[str, torch.Tensor]) -> list[str]:
+        """The parameters ``sensitivities`` names, or every one with ``'*'``."""
+        return list(params) if "*" in self.sensitivities else [n for n in params if n in self.sensitivities]
 
     def thresholds(self, param: torch.Tensor, param_name: str, sensitivity: float) -> tuple[float, float]:
         """The (low, high) thresholds for ``param_name``, measuring ``|param|`` the first time."""
@@ -73,18 +82,19 @@ class SplicingPruner:
         base = mean + std * sensitivity
         return base * self.low_thresh_mult, base * self.hi_thresh_mult
 
-    def set_param_mask(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any,
-                       meta: dict[str, Any]) -> None:
-        """Update ``param_name``'s mask with the surgery function (Distiller's pruner entry point)."""
-        sensitivity = self.sensitivity(param_name, meta)
-        if sensitivity is None:
-            return
-        low, high = self.thresholds(param, param_name, sensitivity)
-        masker = zeros_mask_dict[param_name]
-        current = masker.mask
-        if current is None:
-            current = torch.ones_like(param, dtype=torch.bool)
-        masker.mask = splice_mask(param, current, low, high)
+    def keep_masks(self, step: PruningStep) -> dict[str, torch.Tensor]:
+        """Each parameter's mask updated with the surgery function."""
+        masks = {}
+        for param_name in self.targets(step.params):
+            sensitivity = self.sensitivity(param_name, step)
+            assert sensitivity is not None
+            param = step.ranked(param_name)
+            low, high = self.thresholds(param, param_name, sensitivity)
+            current = step.scheduler.masks.get(param_name)
+            if current is None:
+                current = torch.ones_like(param, dtype=torch.bool)
+            masks[param_name] = splice_mask(param, current, low, high)
+        return masks
 
     def state_dict(self) -> dict[str, Any]:
         """The |w| statistics the thresholds were derived from."""

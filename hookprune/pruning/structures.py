@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hookprune.pruning.base import ArgumentError
+from hookprune.errors import ArgumentError
 from hookprune.selection import prune_mask_smallest
 
 #: Canonical group-type names, by their lower-case spelling (Distiller's names and aliases).

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hookprune.pruning.base import ArgumentError
+from hookprune.errors import ArgumentError
+from hookprune.hookspecs import hookimpl
 from hookprune.quantization.affine import check_bits
 from hookprune.quantization.overrides import ModuleSettings, QBits, parse_overrides, resolve_modules
 
@@ -103,6 +104,8 @@ class Quantizer(ABC):
 
     #: override keys a subclass accepts besides bits_activations, bits_weights and bits_bias
     override_keys: tuple[str, ...] = ()
+    #: its hooks quantize parameters and never assign a mask
+    sets_masks = False
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  bits_activations: int | None = None, bits_weights: int | None = None, bits_bias: int | None = None,
@@ -184,6 +187,19 @@ class Quantizer(ABC):
                 self.optimizer.add_param_group(group)
             self._groups_added = True
         self.prepared = True
+
+    # -- as a schedule's quantizer ----------------------------------------------------------------
+
+    def attach(self, scheduler: Any) -> None:
+        """When first scheduled: install the quantization and quantize the parameters, as Distiller's
+        ``QuantizationPolicy`` does when it is made."""
+        self.prepare_model()
+        self.quantize_params()
+
+    @hookimpl
+    def on_minibatch_end(self) -> None:
+        """After each optimizer step of the policy: quantize the parameters again."""
+        self.quantize_params()
 
     def remove(self) -> None:
         """Take the quantization off the model: hooks removed, the modules' own forward restored, in-place

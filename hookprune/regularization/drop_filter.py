@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from hookprune.errors import ArgumentError
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.base import ArgumentError, check_fraction
+from hookprune.pruning.checks import check_fraction
 from hookprune.regularization.base import resolve_regims
 
 #: Distiller's floor on the kept fraction of a layer's L1 mass that survivors are divided by.
@@ -60,6 +61,9 @@ class DropFilterRegularizer:
     instance's own generator (``seed``, else derived from ``torch.initial_seed()``), checkpointed with
     the minibatch count in ``state_dict()``.
     """
+
+    #: Distiller's regularizer policy arg, accepted as its ``RegularizationPolicy`` accepts it; nothing is thresholded
+    policy_args = {"keep_mask": bool}
 
     def __init__(self, name: str, model: torch.nn.Module, reg_regims: dict[str, float], frequency: int = 16,
                  seed: int | None = None) -> None:

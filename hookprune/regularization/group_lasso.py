@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from hookprune.pruning.base import ArgumentError
-from hookprune.regularization.base import check_strength, check_threshold_criteria, resolve_regims
+from hookprune.errors import ArgumentError
+from hookprune.regularization.base import Regularizer, check_strength, check_threshold_criteria, resolve_regims
 from hookprune.regularization.groups import (
     GROUP_TYPES,
     canonical_group_type,
@@ -43,7 +43,7 @@ def _check_regims(reg_regims: Any, model: torch.nn.Module | None, owner: str, al
     return checked
 
 
-class GroupLassoRegularizer:
+class GroupLassoRegularizer(Regularizer):
     """Adds ``strength * sum over groups of ||group||_2`` for each parameter of ``reg_regims``
     (``{name: [strength, group_type]}``) to the loss, pushing whole structures to zero.
 
@@ -68,33 +68,28 @@ class GroupLassoRegularizer:
         self.reg_regims = _check_regims(reg_regims, model, type(self).__name__, self.group_types, self.min_channels)
         self.threshold_criteria = check_threshold_criteria(threshold_criteria)
 
-    def penalty(self, param: torch.Tensor, strength: float, group_type: str) -> torch.Tensor:
+    def group_penalty(self, param: torch.Tensor, strength: float, group_type: str) -> torch.Tensor:
         """This parameter's group-lasso term: ``strength`` times the sum of its groups' L2 norms."""
         return group_lasso(param, group_type) * strength
 
-    def loss(self, param: torch.Tensor, param_name: str, regularizer_loss: torch.Tensor,
-             zeros_mask_dict: Any) -> torch.Tensor:
-        """Add this parameter's :meth:`penalty` to ``regularizer_loss`` in place and return it."""
+    def penalty(self, param_name: str, param: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`group_penalty` with the parameter's strength and group type."""
         regim = self.reg_regims.get(param_name)
-        if regim is not None:
-            strength, group_type = regim
-            check_shape(group_type, param, param_name)
-            regularizer_loss += self.penalty(param, strength, group_type)
-        return regularizer_loss
-
-    def threshold(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any) -> None:
-        """Hand over a regularization mask zeroing the groups whose score is at most the strength (nothing
-        when no group is zeroed by a ``4D`` grouping, so an existing mask is never replaced by None)."""
-        regim = self.reg_regims.get(param_name)
-        if self.threshold_criteria is None or regim is None:
-            return
+        if regim is None:
+            return None
         strength, group_type = regim
         check_shape(group_type, param, param_name)
-        keep = group_keep_mask(param, group_type, strength, self.threshold_criteria)
-        if keep is None:
-            return
-        zeros_mask_dict[param_name].mask = keep
-        zeros_mask_dict[param_name].is_regularization_mask = True
+        return self.group_penalty(param, strength, group_type)
+
+    def threshold_mask(self, param_name: str, param: torch.Tensor) -> torch.Tensor | None:
+        """Keep the groups whose score is above the strength (None when nothing is zeroed by a ``4D`` grouping,
+        or without ``threshold_criteria``)."""
+        regim = self.reg_regims.get(param_name)
+        if self.threshold_criteria is None or regim is None:
+            return None
+        strength, group_type = regim
+        check_shape(group_type, param, param_name)
+        return group_keep_mask(param, group_type, strength, self.threshold_criteria)
 
 
 class GroupVarianceRegularizer(GroupLassoRegularizer):
@@ -110,6 +105,6 @@ class GroupVarianceRegularizer(GroupLassoRegularizer):
     def __init__(self, name: str, model: torch.nn.Module | None, reg_regims: dict[str, list[float | str]]) -> None:
         super().__init__(name, model, reg_regims)
 
-    def penalty(self, param: torch.Tensor, strength: float, group_type: str) -> torch.Tensor:
+    def group_penalty(self, param: torch.Tensor, strength: float, group_type: str) -> torch.Tensor:
         """``strength / var(channel norms)`` of this Conv2d weight."""
         return strength / channel_norms(param).var()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from hookprune.regularization.base import check_strength, check_threshold_criteria, resolve_regims
+from hookprune.regularization.base import Regularizer, check_strength, check_threshold_criteria, resolve_regims
 
 
-class L1Regularizer:
+class L1Regularizer(Regularizer):
     """Adds ``strength * sum(|w|)`` for each parameter of ``reg_regims`` (``{name: strength}``) to the loss.
 
     With ``threshold_criteria`` set (``Mean_Abs`` or ``Max``; either one switches thresholding on, the
@@ -27,18 +25,14 @@ class L1Regularizer:
         }
         self.threshold_criteria = check_threshold_criteria(threshold_criteria)
 
-    def loss(self, param: torch.Tensor, param_name: str, regularizer_loss: torch.Tensor,
-             zeros_mask_dict: Any) -> torch.Tensor:
-        """Add this parameter's L1 term to ``regularizer_loss`` in place and return it (Distiller's API)."""
+    def penalty(self, param_name: str, param: torch.Tensor) -> torch.Tensor | None:
+        """``strength * sum(|w|)``."""
         strength = self.reg_regims.get(param_name)
-        if strength is not None:
-            regularizer_loss += param.abs().sum() * strength
-        return regularizer_loss
+        return None if strength is None else param.abs().sum() * strength
 
-    def threshold(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Any) -> None:
-        """Hand over a regularization mask that zeroes the elements with ``|w| <= strength``."""
+    def threshold_mask(self, param_name: str, param: torch.Tensor) -> torch.Tensor | None:
+        """Keep the elements with ``|w| > strength`` (None without ``threshold_criteria``)."""
         strength = self.reg_regims.get(param_name)
         if self.threshold_criteria is None or strength is None:
-            return
-        zeros_mask_dict[param_name].mask = param.detach().abs() > strength
-        zeros_mask_dict[param_name].is_regularization_mask = True
+            return None
+        return param.detach().abs() > strength

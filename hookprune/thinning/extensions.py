@@ -6,13 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hookprune.errors import suggest
+from hookprune.errors import ArgumentError, suggest
 from hookprune.hookspecs import hookimpl
-from hookprune.pruning.base import ArgumentError
 from hookprune.thinning.remove import THINNING_FUNCTIONS, Recipe, plan_thinning
 
 if TYPE_CHECKING:
-    from hookprune._engine.scheduler import CompressionScheduler
+    from hookprune.contract import SchedulerView as CompressionScheduler
 
 #: Input shape (without the batch dimension) of each dataset Distiller's schedules name.
 DATASET_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
