@@ -70,6 +70,9 @@ class LayerRule:
     def __post_init__(self) -> None:
         if not isinstance(self.relation, Relation):
             raise TypeError(f"LayerRule's relation must be a Relation, got {self.relation!r}")
+        for name in ("out_size", "in_size", "weight", "reason", "unforced"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"LayerRule's {name} must be a string, got {getattr(self, name)!r}")
         for name in ("out_tensors", "in_tensors"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(
@@ -89,17 +92,10 @@ class LayerRule:
         self._check_fields()
 
     def _check_fields(self) -> None:
+        """Each relation takes the fields it uses and needs the ones it cannot do without."""
+        allowed, needed = _FIELDS.get(self.relation, (set(), set()))
+        given = {name for name in _OPTIONAL if getattr(self, name)}
         relation = self.relation.name
-        given = {name for name in ("out_size", "out_tensors", "same_as_out", "dependents", "in_size", "in_tensors",
-                                   "rank", "unforced") if getattr(self, name)}
-        if self.relation is Relation.PRODUCES:
-            allowed, needed = given - {"unforced"}, {"out_size", "out_tensors", "in_size", "in_tensors"}
-        elif self.relation is Relation.CHANNELWISE:
-            allowed, needed = given - {"in_size", "in_tensors"}, {"out_size"}
-        else:
-            allowed, needed = set(), set()
-        if self.reason and self.relation is not Relation.BLOCKS:
-            given.add("reason")
         if given - allowed:
             raise ValueError(f"a {relation} LayerRule takes no {', '.join(sorted(given - allowed))}")
         if needed - given:
@@ -111,6 +107,17 @@ class LayerRule:
         if stray:
             raise ValueError(f"LayerRule's dependents {', '.join(stray)} must be in out_tensors (their dimension "
                              "comes from there)")
+
+
+_OPTIONAL = ("out_size", "out_tensors", "same_as_out", "dependents", "in_size", "in_tensors", "rank", "reason",
+             "unforced")
+_OUTPUT_SIDE = {"out_size", "out_tensors", "same_as_out", "dependents", "rank"}
+#: relation -> (fields it takes, fields it needs); the others take none of the optional fields
+_FIELDS: dict[Relation, tuple[set[str], set[str]]] = {
+    Relation.PRODUCES: (_OUTPUT_SIDE | {"in_size", "in_tensors"}, {"out_size", "out_tensors", "in_size", "in_tensors"}),
+    Relation.CHANNELWISE: (_OUTPUT_SIDE | {"unforced"}, {"out_size"}),
+    Relation.BLOCKS: ({"reason"}, set()),
+}
 
 
 #: A rule, or a function of the module that returns its rule (when it depends on the instance, as a
