@@ -16,6 +16,10 @@ biases) in the scheduler's masks, an ordinary Distiller-style mask, and then rem
 Channels tied by a residual ``add`` go only when they are zero in every producer; anything the
 analysis cannot follow keeps all its channels (see :mod:`hookprune.thinning.graph`).
 
+Layers. How each module type relates to channels and which of its attributes and tensors are sliced
+is a :class:`LayerRule` looked up by type along the MRO (:mod:`hookprune.thinning.rules`); a layer
+of your own without one keeps its channels until :func:`register_layer_rule` gives it one.
+
 Recipes. Every thinning appends a recipe (kept indices per tensor and new module sizes, plain
 containers and int64 tensors) to ``model.thinning_recipes``; the scheduler's ``state_dict()``
 saves them under ``thinning_recipes``. To load a thinned checkpoint: build a fresh model and its
@@ -44,6 +48,15 @@ from hookprune.thinning.remove import (
     remove_channels,
     remove_filters,
 )
+from hookprune.thinning.rules import (
+    LayerRule,
+    Relation,
+    RuleSource,
+    layer_rule,
+    register_layer_rule,
+    registered_rule,
+    unregister_layer_rule,
+)
 
 __all__ = [
     "DATASET_INPUT_SHAPES",
@@ -52,7 +65,10 @@ __all__ = [
     "ChannelGraph",
     "ChannelRemover",
     "FilterRemover",
+    "LayerRule",
     "Recipe",
+    "Relation",
+    "RuleSource",
     "Space",
     "StructureRemover",
     "ThinningError",
@@ -61,8 +77,12 @@ __all__ = [
     "batchnorm_followers",
     "channel_graph",
     "fold_batchnorm_weight",
+    "layer_rule",
     "plan_thinning",
+    "register_layer_rule",
+    "registered_rule",
     "remove_channels",
     "remove_filters",
     "trace",
+    "unregister_layer_rule",
 ]

@@ -8,9 +8,11 @@ layer). A residual ``add`` joins the spaces of its operands into one, so channel
 stage is one channel of one space with several producers; ``torch.cat`` along dimension 1 places
 spaces side by side at offsets. A convolution or linear layer that reads a space is its *consumer*.
 
-Anything the analysis does not know (an unlisted operation, the model's output, a reshape other than
-a flatten, a module called twice, a parameter used outside its module) *blocks* the spaces that reach
-it: their channels are never removed. Being conservative keeps the surgery exact.
+How a called module relates to spaces comes from its :class:`~hookprune.thinning.rules.LayerRule`,
+looked up by type. Anything the analysis does not know (a module type without a rule, an unlisted
+operation, the model's output, a reshape other than a flatten, a module called twice, a parameter
+used outside its module) *blocks* the spaces that reach it: their channels are never removed. Being
+conservative keeps the surgery exact.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from hookprune.thinning.rules import LayerRule, Relation, layer_rule, registered_rule
+
 
 class ThinningError(ValueError):
     """Thinning cannot go ahead; the model was left unchanged."""
@@ -37,12 +41,17 @@ class ThinningError(ValueError):
 
 
 class _NamingTracer(fx.Tracer):
-    """A tracer that remembers which module it was inside when tracing failed."""
+    """A tracer that remembers which module it was inside when tracing failed, and keeps every module
+    with a layer rule whole (torch's own modules are kept whole anyway; a custom layer would otherwise
+    be traced into)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._stack: list[tuple[str, str]] = []
         self.failed_in: tuple[str, str] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return registered_rule(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
@@ -157,11 +166,11 @@ class Space:
 
     #: number of channels
     size: int
-    #: convolutions (groups 1) and linear layers whose filters (dim 0) are the channels
+    #: modules whose filters are the channels (PRODUCES rules: convolutions with groups 1, linear layers)
     producers: list[str] = field(default_factory=list)
-    #: modules with one entry per channel along dim 0: BatchNorm, depthwise convolution, PReLU
+    #: modules with one entry per channel (CHANNELWISE rules: BatchNorm, depthwise convolution, PReLU)
     channelwise: list[Use] = field(default_factory=list)
-    #: convolutions and linear layers that read the channels along dim 1 of their weight
+    #: producers of other spaces that read these channels through their weight
     consumers: list[Use] = field(default_factory=list)
     #: why no channel may go (the space reaches something the analysis does not follow)
     blocked: list[str] = field(default_factory=list)
@@ -175,6 +184,8 @@ class ChannelGraph:
     def __init__(self, model: nn.Module, modules: dict[str, nn.Module]) -> None:
         self.model = model
         self.modules = modules
+        #: the layer rule of every module that produces, reads or is channelwise to a space
+        self.rules: dict[str, LayerRule] = {}
         self._spaces: list[Space] = []
         self._parent: list[int] = []
 
@@ -215,13 +226,7 @@ class ChannelGraph:
         return [self._spaces[i] for i in range(len(self._spaces)) if self.find(i) == i]
 
 
-# Operations that act on each channel separately and map an all-zero channel to an all-zero channel.
-_ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
-                 nn.Hardswish, nn.Tanh, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Identity,
-                 nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                 nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.ZeroPad2d, nn.Upsample)
+# Functions that act on each channel separately and map an all-zero channel to an all-zero channel.
 _ZERO_FUNCTIONS: set[Any] = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu, F.silu,
     F.mish, F.hardswish, F.hardtanh, torch.tanh, F.tanh, F.softsign, F.dropout, F.dropout1d, F.dropout2d,
@@ -260,6 +265,34 @@ def _describe(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"method '.{target}()'"
     return f"function '{getattr(target, '__name__', target)}'"
+
+
+_MISSING = object()
+
+
+def _check_rule(name: str, m: nn.Module, rule: LayerRule) -> None:
+    """Refuse a rule that names what module ``name`` does not have, before anything is planned or changed."""
+    def refuse(what: str) -> ThinningError:
+        return ThinningError(f"the layer rule for {type(m).__name__} names {what}; fix the rule registered "
+                             "with register_layer_rule. Nothing was changed")
+
+    for attr in filter(None, (rule.out_size, rule.in_size, *rule.same_as_out)):
+        value = getattr(m, attr, None)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise refuse(f"'{attr}', which is not an int attribute of module '{name}'")
+    params = dict(m.named_parameters(recurse=False))
+    buffers = dict(m.named_buffers(recurse=False))
+    for attr, dim in [*rule.out_tensors.items(), *rule.in_tensors.items()]:
+        tensor = params.get(attr, buffers.get(attr))
+        if tensor is None and getattr(m, attr, _MISSING) is not None:
+            raise refuse(f"'{attr}', which is not a parameter or buffer of module '{name}'")
+        if tensor is not None and dim >= tensor.dim():
+            raise refuse(f"dimension {dim} of '{attr}', which has shape {tuple(tensor.shape)} in module '{name}'")
+    for attr in rule.dependents:
+        if attr not in params and getattr(m, attr, _MISSING) is not None:
+            raise refuse(f"the dependent '{attr}', which is not a parameter of module '{name}'")
+    if rule.relation is Relation.PRODUCES and rule.weight not in params:
+        raise refuse(f"the weight '{rule.weight}', which is not a parameter of module '{name}'")
 
 
 class _Builder:
@@ -353,55 +386,49 @@ class _Builder:
             self.unknown(node, self.tainted[name])
             return
         x = node.args[0] if node.args else None
-        lay = self.layout(x)
-        in_shape = _shape(x)
         extra_inputs = [n for n in node.all_input_nodes if n is not x]
         if extra_inputs:
             self.unknown(node, "takes more than one tensor")
             return
-        if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
-            if m.groups == 1:
-                if lay is not None:
-                    if all(s.factor == 1 for s in lay) and self.width(lay) == m.in_channels:
-                        self.attach(lay, name, "consumers")
-                    else:
-                        self.block([x], f"reaches module '{name}' in an unexpected layout")
-                self.layouts[node] = (Segment(self.g.new_space(m.out_channels, name), 1),)
-            elif (m.groups == m.in_channels == m.out_channels and lay is not None
-                  and all(s.factor == 1 for s in lay) and self.width(lay) == m.in_channels):
-                self.attach(lay, name, "channelwise")
-                self.layouts[node] = lay
-            else:
-                self.unknown(node, "is a grouped convolution")
-        elif isinstance(m, nn.Linear):
-            if in_shape is None or len(in_shape) != 2:
-                self.unknown(node, "reads a tensor that is not 2-D")
-                return
+        rule = layer_rule(m)
+        if rule is None:
+            self.unknown(node)
+        elif rule.relation is Relation.BLOCKS:
+            self.unknown(node, rule.reason or None)
+        elif rule.relation is Relation.PASSES:
+            self.layouts[node] = self.layout(x)
+        elif rule.relation is Relation.FLATTENS:
+            self.flatten(node, x, getattr(m, "start_dim", None), getattr(m, "end_dim", None))
+        else:
+            self.sliced_module(node, x, m, rule)
+
+    def sliced_module(self, node: fx.Node, x: Any, m: nn.Module, rule: LayerRule) -> None:
+        """A module the surgery changes: it starts a space and reads one (PRODUCES) or follows one (CHANNELWISE)."""
+        name = node.target
+        _check_rule(name, m, rule)
+        lay, in_shape = self.layout(x), _shape(x)
+        if rule.rank is not None and (in_shape is None or len(in_shape) != rule.rank):
+            self.unknown(node, f"reads a tensor that is not {rule.rank}-D")
+            return
+        self.g.rules[name] = rule
+        if rule.relation is Relation.PRODUCES:
             if lay is not None:
-                if self.width(lay) == m.in_features:
+                if self.width(lay) == getattr(m, rule.in_size):
                     self.attach(lay, name, "consumers")
                 else:
                     self.block([x], f"reaches module '{name}' in an unexpected layout")
-            self.layouts[node] = (Segment(self.g.new_space(m.out_features, name), 1),)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if lay is not None:
-                self.attach(lay, name, "channelwise")
-                if not m.affine:
-                    for seg in lay:
-                        self.g.space(seg.space).unforced.append(f"BatchNorm '{name}' has no affine parameters")
-            self.layouts[node] = lay
-        elif isinstance(m, nn.PReLU):
-            if m.num_parameters > 1 and lay is not None:
-                self.attach(lay, name, "channelwise")
-            self.layouts[node] = lay
-        elif isinstance(m, nn.Hardtanh) and not m.min_val <= 0 <= m.max_val:
-            self.unknown(node, "maps zero to non-zero")
-        elif isinstance(m, nn.Flatten):
-            self.flatten(node, x, m.start_dim, m.end_dim)
-        elif isinstance(m, (*_ZERO_MODULES, nn.Hardtanh)):
+            self.layouts[node] = (Segment(self.g.new_space(getattr(m, rule.out_size), name), 1),)
+        elif lay is None:
+            self.layouts[node] = None
+        elif self.width(lay) == getattr(m, rule.out_size):
+            self.attach(lay, name, "channelwise")
+            if rule.unforced:
+                for seg in lay:
+                    self.g.space(seg.space).unforced.append(f"module '{name}' {rule.unforced}")
             self.layouts[node] = lay
         else:
-            self.unknown(node)
+            self.block([x], f"reaches module '{name}' in an unexpected layout")
+            self.layouts[node] = None
 
     def call_function(self, node: fx.Node) -> None:
         target = node.target
@@ -535,6 +562,7 @@ def channel_graph(model: nn.Module, example_input: Any) -> ChannelGraph:
         builder.visit(node)
     if prefix:
         graph.modules = {f"{prefix}{k}": v for k, v in modules.items()}
+        graph.rules = {f"{prefix}{k}": v for k, v in graph.rules.items()}
         for space in graph.spaces():
             space.producers = [f"{prefix}{p}" for p in space.producers]
             space.channelwise = [Use(f"{prefix}{u.module}", u.offset, u.factor) for u in space.channelwise]

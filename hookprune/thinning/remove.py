@@ -38,14 +38,18 @@ def _effective(model_params: Mapping[str, torch.Tensor], name: str, masks: Mappi
     return weight if mask is None else weight * mask.to(weight.device)
 
 
-def _zero_filters(weight: torch.Tensor) -> torch.Tensor:
-    """True for each filter (slice along dim 0) whose elements are all zero."""
-    return ~(weight != 0).reshape(weight.shape[0], -1).any(dim=1)
+def _zero_slices(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """True for each slice along ``dim`` (a filter, an input channel) whose elements are all zero."""
+    return ~(weight != 0).movedim(dim, 0).reshape(weight.shape[dim], -1).any(dim=1)
 
 
-def _zero_inputs(weight: torch.Tensor) -> torch.Tensor:
-    """True for each input position (slice along dim 1) whose elements are all zero."""
-    return ~(weight != 0).transpose(0, 1).reshape(weight.shape[1], -1).any(dim=1)
+def _kind(module: nn.Module, attr: str) -> str | None:
+    """Whether ``module.attr`` is one of its ``parameters`` or ``buffers``; None when it is unset (a missing bias)."""
+    if attr in dict(module.named_parameters(recurse=False)):
+        return "parameters"
+    if attr in dict(module.named_buffers(recurse=False)):
+        return "buffers"
+    return None
 
 
 @dataclass
@@ -98,40 +102,42 @@ class ThinningPlan:
     def mask_dependents(self, masks: Masks | None = None) -> list[str]:
         """Zero, and mask in ``masks``, what would keep a removed filter's channel non-zero.
 
-        For ``remove_filters`` these are the producers' biases and the BatchNorm scales and shifts and
-        depthwise biases of the removed channels (a zeroed filter followed by BatchNorm outputs
-        ``beta - gamma * mean / sqrt(var + eps)``, not zero). Afterwards the masked model computes
+        For ``remove_filters`` these are the ``dependents`` the layer rules name at the removed channels:
+        the producers' biases, the BatchNorm scales and shifts, the depthwise biases (a zeroed filter
+        followed by BatchNorm outputs ``beta - gamma * mean / sqrt(var + eps)``, not zero); the
+        producers' filters are zeroed too. Afterwards the masked model computes
         exactly what the thinned one will. Returns the names of the masks it created; :meth:`execute`
         drops them again once the masked entries are gone.
         """
         if self.function != REMOVE_FILTERS:
             return []
         params = dict(self.model.named_parameters())
-        targets: dict[str, set[int]] = {}
+        rules = self.graph.rules
+        targets: dict[str, tuple[int, set[int]]] = {}
+
+        def target(module: str, attrs: Sequence[str], positions: Sequence[int]) -> None:
+            for attr in attrs:
+                if getattr(self.graph.modules[module], attr, None) is not None:
+                    dim = rules[module].out_tensors[attr]
+                    targets.setdefault(_join(module, attr), (dim, set()))[1].update(positions)
+
         for space, chans in self.removals:
             for producer in space.producers:
-                for attr in ("weight", "bias"):
-                    if getattr(self.graph.modules[producer], attr, None) is not None:
-                        targets.setdefault(_join(producer, attr), set()).update(chans)
+                target(producer, (rules[producer].weight, *rules[producer].dependents), chans)
             for use in space.channelwise:
-                module = self.graph.modules[use.module]
-                attrs = ("weight", "bias") if isinstance(module, nn.modules.batchnorm._BatchNorm) else (
-                    ("bias",) if isinstance(module, nn.modules.conv._ConvNd) else ())
-                for attr in attrs:
-                    if getattr(module, attr, None) is not None:
-                        targets.setdefault(_join(use.module, attr), set()).update(use.positions(chans))
-        producer_weights = {_join(p, "weight") for space, _ in self.removals for p in space.producers}
+                target(use.module, rules[use.module].dependents, use.positions(chans))
+        producer_weights = {_join(p, rules[p].weight) for space, _ in self.removals for p in space.producers}
         created = []
         with torch.no_grad():
-            for name, positions in targets.items():
+            for name, (dim, positions) in targets.items():
                 param = params[name]
                 index = torch.tensor(sorted(positions), dtype=torch.long, device=param.device)
-                param.index_fill_(0, index, 0)
+                param.index_fill_(dim, index, 0)
                 if masks is None or name in producer_weights:
                     continue
                 existing = masks.get(name)
                 mask = torch.ones_like(param, dtype=torch.bool) if existing is None else existing.clone()
-                mask.index_fill_(0, index.to(mask.device), False)
+                mask.index_fill_(dim, index.to(mask.device), False)
                 if existing is None:
                     created.append(name)
                 masks[name] = mask
@@ -143,32 +149,19 @@ class ThinningPlan:
         modules = self.graph.modules
         recipe: Recipe = {"function": self.function, "modules": {}, "parameters": {}, "buffers": {}}
         for piece in self._slices():
-            module = modules[piece.module]
-            depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            module, rule = modules[piece.module], self.graph.rules[piece.module]
             if piece.role == "in":
-                size = module.in_channels if isinstance(module, nn.modules.conv._ConvNd) else module.in_features
-                attrs = ["in_channels"] if isinstance(module, nn.modules.conv._ConvNd) else ["in_features"]
-                tensors = [("parameters", "weight", 1)]
-            elif isinstance(module, nn.modules.conv._ConvNd):
-                size = module.out_channels
-                attrs = ["in_channels", "out_channels", "groups"] if depthwise else ["out_channels"]
-                tensors = [("parameters", "weight", 0), ("parameters", "bias", 0)]
-            elif isinstance(module, nn.Linear):
-                size, attrs = module.out_features, ["out_features"]
-                tensors = [("parameters", "weight", 0), ("parameters", "bias", 0)]
-            elif isinstance(module, nn.PReLU):
-                size, attrs = module.num_parameters, ["num_parameters"]
-                tensors = [("parameters", "weight", 0)]
+                size_attr, attrs, tensors = rule.in_size, (rule.in_size,), rule.in_tensors
             else:
-                size, attrs = module.num_features, ["num_features"]
-                tensors = [("parameters", "weight", 0), ("parameters", "bias", 0),
-                           ("buffers", "running_mean", 0), ("buffers", "running_var", 0)]
+                size_attr, attrs, tensors = rule.out_size, (rule.out_size, *rule.same_as_out), rule.out_tensors
+            size = getattr(module, size_attr)
             keep = torch.tensor([i for i in range(size) if i not in piece.removed], dtype=torch.long)
             for attr in attrs:
                 recipe["modules"].setdefault(piece.module, {})[attr] = len(keep)
-            for kind, attr, dim in tensors:
-                tensor = getattr(module, attr, None)
-                if tensor is not None:
+            for attr, dim in tensors.items():
+                kind = _kind(module, attr)
+                if kind is not None:
+                    tensor = getattr(module, attr)
                     recipe[kind].setdefault(_join(piece.module, attr), []).append([dim, int(tensor.shape[dim]), keep])
         return recipe
 
@@ -209,12 +202,16 @@ def plan_thinning(model: nn.Module, function: str, example_input: Any,
         zero = torch.ones(space.size, dtype=torch.bool)
         if function == REMOVE_FILTERS:
             for producer in space.producers:
-                zero &= _zero_filters(_effective(params, _join(producer, "weight"), masks)).cpu()
+                rule = graph.rules[producer]
+                weight = _effective(params, _join(producer, rule.weight), masks)
+                zero &= _zero_slices(weight, rule.out_tensors[rule.weight]).cpu()
         else:
             if not space.consumers:
                 continue
             for use in space.consumers:
-                inputs = _zero_inputs(_effective(params, _join(use.module, "weight"), masks)).cpu()
+                rule = graph.rules[use.module]
+                weight = _effective(params, _join(use.module, rule.weight), masks)
+                inputs = _zero_slices(weight, rule.in_tensors[rule.weight]).cpu()
                 index = torch.tensor(use.positions(range(space.size))).view(space.size, use.factor)
                 zero &= inputs[index].all(dim=1)
         chans = torch.nonzero(zero).flatten().tolist()
