@@ -1,10 +1,12 @@
-"""Quantization: the fake-quantized arithmetic against an independent float64 reference, overrides, PACT's clip
-values, accuracy on real data, pruning together with quantization, resume, statistics and schedule errors."""
+"""Quantization: Distiller's integers at exact and near ties in every mode, the quantizers against an independent
+reference of Distiller's arithmetic, overrides, PACT's clip values, accuracy on real data, pruning together with
+quantization, resume, statistics and schedule errors."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,11 +17,14 @@ import hookprune
 from hookprune import ScheduleError, models
 from hookprune.quantization import (
     LearnedClippedLinearQuantization,
+    LinearQuantMode,
     PACTQuantizer,
     PostTrainLinearQuantizer,
     QuantAwareTrainRangeLinearQuantizer,
     collect_activation_stats,
+    fake_quantize,
     load_stats,
+    qparams,
     save_stats,
 )
 from tests.loops import train
@@ -27,38 +32,134 @@ from tests.loops import train
 MODES = ["SYMMETRIC", "SYMMETRIC_RESTRICTED", "ASYMMETRIC_UNSIGNED", "ASYMMETRIC_SIGNED"]
 
 
-def reference(t: torch.Tensor, bits: int, mode: str, low: torch.Tensor, high: torch.Tensor):
-    """Distiller's affine quantization of ``t`` over ``[low, high]`` in float64, written out independently:
-    ``q = clamp(round(s * t - zp))``, ``t' = (q + zp) / s``. Returns ``t'`` and the step ``1 / s``."""
-    t, low, high = t.double(), low.double(), high.double()
+def reference_params(bits: int, mode: str, low: torch.Tensor, high: torch.Tensor):
+    """Distiller's scale and zero point for ``[low, high]`` (``q = round(scale * x - zero_point)``), written out
+    independently in float32 as Distiller computes them, and its integer range."""
+    low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
     half = 2 ** (bits - 1)
     if mode.startswith("SYMMETRIC"):
         n = half - 1 if mode == "SYMMETRIC_RESTRICTED" else (2**bits - 1) / 2
         sat = torch.maximum(low.abs(), high.abs())
-        sat = torch.where(sat == 0, torch.full_like(sat, n), sat)
-        s, zp = n / sat, torch.zeros_like(sat)
-        qmin, qmax = (-(half - 1) if mode == "SYMMETRIC_RESTRICTED" else -half), half - 1
-    else:
-        n = 2**bits - 1
-        low, high = low.clamp(max=0), high.clamp(min=0)
-        diff = torch.where(high - low == 0, torch.full_like(low, n), high - low)
-        s = n / diff
-        zp = torch.round(s * low)
-        qmin, qmax = 0, n
-        if mode == "ASYMMETRIC_SIGNED":
-            zp, qmin, qmax = zp + half, -half, half - 1
-    q = torch.clamp(torch.round(s * t - zp), qmin, qmax)
-    return (q + zp) / s, 1 / s
+        scale = n / torch.where(sat == 0, torch.full_like(sat, n), sat)
+        qmin = -(half - 1) if mode == "SYMMETRIC_RESTRICTED" else -half
+        return scale, torch.zeros_like(scale), qmin, half - 1
+    n = 2**bits - 1
+    low, high = low.clamp(max=0), high.clamp(min=0)
+    scale = n / torch.where(high - low == 0, torch.full_like(low, n), high - low)
+    zero_point = torch.round(scale * low)
+    if mode == "ASYMMETRIC_SIGNED":
+        return scale, zero_point + half, -half, half - 1
+    return scale, zero_point, 0, n
+
+
+def reference(t: torch.Tensor, bits: int, mode: str, low: torch.Tensor, high: torch.Tensor, clamp: bool = True):
+    """Distiller's quantization of ``t`` over ``[low, high]``: the integers ``round(scale * t - zero_point)``
+    (clamped to the range for post-training quantization; its training quantizers leave them as rounded) and the
+    dequantized ``(q + zero_point) / scale``."""
+    scale, zero_point, qmin, qmax = reference_params(bits, mode, low, high)
+    q = torch.round(scale * t - zero_point)
+    if clamp:
+        q = torch.clamp(q, qmin, qmax)
+    return q, (q + zero_point) / scale
 
 
 def per_channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1))) if v.dim() else v
 
 
+def integers(y: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """The integers behind dequantized values."""
+    return torch.round(y * scale - zero_point)
+
+
+def after(value: float, toward: float) -> float:
+    """The float32 next to ``value`` in the direction of ``toward``."""
+    return float(np.nextafter(np.float32(value), np.float32(toward)))
+
+
+# -- Distiller's rounding at ties ----------------------------------------------------------------------------------
+
+
+def test_symmetric_8bit_largest_magnitude_rounds_like_distiller():
+    x = torch.tensor([-1.0, 0.5, 0.25])
+    params = qparams(8, LinearQuantMode.SYMMETRIC, x.min(), x.max())
+    assert params.scale.tolist() == [127.5] and params.zero_point.tolist() == [0.0]
+    y = fake_quantize(x, params)
+    assert integers(y, params.scale, params.zero_point).tolist() == [-128, 64, 32]
+    assert torch.equal(y, torch.tensor([-128.0, 64.0, 32.0]) / 127.5)
+
+
+# (mode, range, inputs, Distiller's integers). Each input is an exact tie (``scale * x - zero_point`` is a whole
+# number and a half in float32), the float32 next to one, or a range end; ties go to the even integer.
+TIE_CASES = [
+    ("SYMMETRIC", (-1.0, 1.0),  # scale 127.5
+     [-1.0, 1.0, 0.2, -0.2, 0.6, after(0.2, 0), after(0.2, 1), after(-0.6, 0), after(-0.6, -1)],
+     [-128, 127, 26, -26, 76, 25, 26, -76, -77]),
+    ("SYMMETRIC_RESTRICTED", (-1.0, 1.0),  # scale 127
+     [-1.0, 1.0, 1.5 / 127, 2.5 / 127, -2.5 / 127, after(2.5 / 127, 1), after(-1.5 / 127, 0)],
+     [-127, 127, 2, 2, -2, 3, -1]),
+    ("ASYMMETRIC_UNSIGNED", (-1.0, 0.5),  # scale 170, zero point -170
+     # 170 * after(0.25, 1) is 42.500004, and adding 170 rounds it onto the tie 212.5
+     [-1.0, 0.5, 0.25, after(0.25, 1), after(0.25, 0), -0.25, 0.5 / 170, 1.5 / 170],
+     [0, 255, 212, 212, 212, 128, 170, 172]),
+    ("ASYMMETRIC_SIGNED", (-1.0, 0.5),  # scale 170, zero point -42
+     [-1.0, 0.5, 0.25, after(0.25, 1), after(0.25, 0), -0.25, -43.5 / 170, -44.5 / 170],
+     [-128, 127, 84, 84, 84, 0, -2, -2]),
+]
+
+
+@pytest.mark.parametrize(("mode", "bounds", "values", "expected"), TIE_CASES, ids=[c[0] for c in TIE_CASES])
+def test_exact_and_near_ties_round_like_distiller(mode, bounds, values, expected):
+    x = torch.tensor(values)
+    params = qparams(8, LinearQuantMode[mode], torch.tensor(bounds[0]), torch.tensor(bounds[1]))
+    scale, zero_point, qmin, qmax = reference_params(8, mode, torch.tensor(bounds[0]), torch.tensor(bounds[1]))
+    assert torch.equal(params.scale, scale.reshape(1)) and torch.equal(params.zero_point, zero_point.reshape(1))
+    assert (params.quant_min, params.quant_max) == (qmin, qmax)
+    y = fake_quantize(x, params)
+    assert integers(y, params.scale, params.zero_point).tolist() == expected
+    q = torch.tensor(expected, dtype=torch.float32)
+    assert torch.equal(y, (q + zero_point) / scale)
+
+
+def test_per_channel_ties_round_like_distiller():
+    w = torch.tensor([[-1.0, 0.2, 0.6, 1.0], [-2.0, 0.4, 1.2, after(0.4, 1)]])
+    low, high = w.amin(1), w.amax(1)
+    params = qparams(8, LinearQuantMode.SYMMETRIC, low, high, axis=0)
+    assert params.scale.tolist() == [127.5, 63.75]
+    y = fake_quantize(w, params)
+    assert integers(y, params.scale.reshape(-1, 1), 0).tolist() == [[-128, 26, 76, 127], [-128, 26, 76, 26]]
+    _, w_ref = reference(w, 8, "SYMMETRIC", low.reshape(-1, 1), high.reshape(-1, 1))
+    assert torch.equal(y, w_ref)
+
+
+def test_training_quantizers_leave_the_integers_unclamped_as_distiller_does():
+    """At symmetric mode's range end ``+127.5`` rounds to 128: Distiller's training quantizers keep it and pass the
+    gradient; post-training quantization clamps it to 127 and the gradient of a clamped value is zero."""
+    x = torch.tensor([1.0, -0.2, 0.5], requires_grad=True)
+    params = qparams(8, LinearQuantMode.SYMMETRIC, torch.tensor(-1.0), torch.tensor(1.0))
+    trained = fake_quantize(x, params, clamp=False)
+    assert integers(trained.detach(), params.scale, 0).tolist() == [128, -26, 64]
+    trained.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0]
+    x.grad = None
+    evaluated = fake_quantize(x, params)
+    assert integers(evaluated.detach(), params.scale, 0).tolist() == [127, -26, 64]
+    evaluated.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0]
+
+    layer = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -0.2, 0.5]]))
+    quantizer = QuantAwareTrainRangeLinearQuantizer(nn.Sequential(layer), bits_activations=None, bits_weights=8,
+                                                    bits_bias=None, mode="SYMMETRIC")
+    quantizer.prepare_model()
+    assert integers(quantizer.quantized_params()["0.weight"], 127.5, 0).tolist() == [[128, -26, 64]]
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_fake_quantized_forward_matches_float64_reference(mode, per_channel, kind):
+def test_fake_quantized_forward_matches_distiller_reference(mode, per_channel, kind):
     torch.manual_seed(0)
     layer = nn.Linear(24, 16) if kind == "linear" else nn.Conv2d(3, 8, 3)
     model = nn.Sequential(layer)
@@ -72,24 +173,14 @@ def test_fake_quantized_forward_matches_float64_reference(mode, per_channel, kin
         low, high = flat.amin(1), flat.amax(1)
     else:
         low, high = w.min(), w.max()
-    w_ref, step = reference(w, 4, mode, per_channel_view(low, w), per_channel_view(high, w))
-    w_q = quantizer.quantized_params()["0.weight"].double()
-    step_full = torch.broadcast_to(step, w.shape)
-    assert torch.all((w_q - w_ref).abs() <= step_full * (1 + 1e-6))
-    assert ((w_q - w_ref).abs() <= 1e-5 * step_full).float().mean() >= 0.99
-    assert len(torch.unique(w_q)) <= (16 * w.shape[0] if per_channel else 16)
-
-    y = model(x).double()
-    b = layer.bias.detach().double()
-    if kind == "linear":
-        y_ref = F.linear(x.double(), w_ref, b)
-        bound = x.double().abs().sum(1, keepdim=True) * step.reshape(1, -1)
-    else:
-        y_ref = F.conv2d(x.double(), w_ref, b)
-        bound = F.conv2d(x.double().abs(), torch.ones_like(w_ref)) * step.reshape(1, -1, 1, 1)
-    assert torch.all((y - y_ref).abs() <= bound + 1e-9)
-    assert not torch.equal(y, F.linear(x, w, layer.bias).double() if kind == "linear"
-                           else F.conv2d(x, w, layer.bias).double())
+    q_ref, w_ref = reference(w, 4, mode, per_channel_view(low, w), per_channel_view(high, w), clamp=False)
+    w_q = quantizer.quantized_params()["0.weight"]
+    assert torch.equal(w_q, w_ref)
+    assert len(torch.unique(q_ref)) <= (17 * w.shape[0] if per_channel else 17)
+    y = model(x)
+    b = layer.bias.detach()
+    assert torch.equal(y, F.linear(x, w_ref, b) if kind == "linear" else F.conv2d(x, w_ref, b))
+    assert not torch.equal(y, F.linear(x, w, b) if kind == "linear" else F.conv2d(x, w, b))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -100,39 +191,105 @@ def test_ema_activation_quantization_matches_reference(mode):
                                                     mode=mode, quantize_inputs=False)
     quantizer.prepare_model()
     x = torch.randn(16, 10)
-    out = model(x).double()
+    out = model(x)
     relu = torch.relu(model[0](x)).detach()
     # one training step: the bias-corrected EMA equals this batch's range
-    ref, step = reference(relu, 3, mode, relu.min(), relu.max())
-    assert torch.all((out - ref).abs() <= step + 1e-6)
-    assert ((out - ref).abs() <= 1e-6).float().mean() >= 0.99
-    assert len(torch.unique(out)) <= 8
     tracker = quantizer.activation_quantizers["1"]
+    low, high = tracker.tracked_min.reshape(()), tracker.tracked_max.reshape(())
+    if mode.startswith("SYMMETRIC"):
+        high = torch.maximum(low.abs(), high.abs())
+        low = -high
+    _, ref = reference(relu.clamp(low, high), 3, mode, tracker.tracked_min.reshape(()),
+                       tracker.tracked_max.reshape(()), clamp=False)
+    assert torch.equal(out, ref)
+    assert len(torch.unique(out)) <= 9
     assert float(tracker.tracked_max) == pytest.approx(float(relu.max()), rel=1e-6)
     assert float(tracker.iter_count) == 1.0
 
 
-def test_post_training_layer_matches_reference_grid():
+def reference_post_training_layer(layer: nn.Module, x: torch.Tensor, bits: int, mode: str, per_channel: bool,
+                                  stats: dict | None, bits_accum: int = 32) -> torch.Tensor:
+    """Distiller's post-training computation of one convolution or linear layer, written out independently:
+    integer input and weights with their zero points added, the bias on the accumulator's grid (quantized on its
+    own symmetric grid first when no statistics give the ranges), the accumulator clamped to ``bits_accum`` bits,
+    and the output requantized from the accumulator with ``output scale / accumulator scale``."""
+    accum_min, accum_max = -(2 ** (bits_accum - 1)), 2 ** (bits_accum - 1) - 1
+    in_range = (stats["inputs"][0]["min"], stats["inputs"][0]["max"]) if stats else (x.min(), x.max())
+    x_scale, x_zp, x_min, x_max = reference_params(bits, mode, *in_range)
+    x_int = torch.clamp(torch.round(x_scale * x - x_zp), x_min, x_max) + x_zp
+    w = layer.weight.detach()
+    flat = w.reshape(w.shape[0], -1)
+    view = [-1] + [1] * (w.dim() - 1)
+    w_range = (flat.amin(1).reshape(view), flat.amax(1).reshape(view)) if per_channel else (w.min(), w.max())
+    w_scale, w_zp, w_min, w_max = reference_params(bits, mode, *w_range)
+    w_int = torch.clamp(torch.round(w_scale * w - w_zp), w_min, w_max) + w_zp
+    accum_scale = (x_scale * w_scale).reshape(-1)
+    b = layer.bias.detach()
+    if stats:
+        b_int = torch.clamp(torch.round(accum_scale * b), accum_min, accum_max)
+    else:
+        b_scale, _, _, _ = reference_params(bits_accum, "SYMMETRIC", b.min(), b.max())
+        base = torch.clamp(torch.round(b_scale * b), accum_min, accum_max)
+        b_int = torch.clamp(torch.round(accum_scale / b_scale * base), accum_min, accum_max)
+    linear = isinstance(layer, nn.Linear)
+    accum = F.linear(x_int, w_int, b_int) if linear else F.conv2d(x_int, w_int, b_int, padding=layer.padding)
+    accum = torch.clamp(accum, accum_min, accum_max)
+    if accum_scale.numel() > 1:
+        accum_scale = accum_scale.reshape(1, -1) if linear else accum_scale.reshape(1, -1, 1, 1)
+    y = accum / accum_scale
+    out_range = (stats["output"]["min"], stats["output"]["max"]) if stats else (y.min(), y.max())
+    y_scale, y_zp, y_min, y_max = reference_params(bits, mode, *out_range)
+    q = torch.clamp(torch.round(y_scale / accum_scale * accum - y_zp), y_min, y_max)
+    return (q + y_zp) / y_scale
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("with_stats", [False, True])
+def test_post_training_layer_matches_distiller_reference(mode, per_channel, kind, with_stats):
+    """Weights, bias, input and output of one layer, bit for bit, on many inputs: the symmetric modes put the
+    largest magnitude of each tensor on a tie, which only Distiller's exact operations resolve the same way."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 6))
-    x = torch.randn(7, 12)
-    stats = {"0": {"inputs": {0: {"min": -2.0, "max": 3.0, "avg_min": -1.0, "avg_max": 2.0, "mean": 0.0, "std": 1.0,
-                                  "b": 0.8}},
-                   "output": {"min": -1.5, "max": 2.5, "avg_min": -1.0, "avg_max": 2.0, "mean": 0.0, "std": 1.0,
-                              "b": 0.8}}}
-    quantizer = PostTrainLinearQuantizer(model, bits_activations=6, bits_parameters=6, bits_accum=32,
-                                         mode="asymmetric_unsigned", model_activation_stats=stats)
-    quantizer.prepare_model()
+    stats = None
+    if with_stats:
+        stats = {"inputs": {0: {"min": -2.5, "max": 3.0, "avg_min": -1.0, "avg_max": 2.0}},
+                 "output": {"min": -1.5, "max": 1.25, "avg_min": -1.0, "avg_max": 1.0}}
+    for _ in range(40):
+        layer = nn.Linear(6, 4) if kind == "linear" else nn.Conv2d(2, 3, 3, padding=1)
+        x = 3 * (torch.randn(3, 6) if kind == "linear" else torch.randn(2, 2, 4, 4))
+        expected = reference_post_training_layer(layer, x, 8, mode, per_channel, stats)
+        model = nn.Sequential(layer)
+        quantizer = PostTrainLinearQuantizer(model, bits_activations=8, bits_parameters=8, bits_accum=32, mode=mode,
+                                             per_channel_wts=per_channel,
+                                             model_activation_stats={"0": stats} if stats else None)
+        quantizer.prepare_model()
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(x), expected)
+
+
+def test_post_training_gradient_passes_straight_through_except_where_clamped():
+    """The layer's values are Distiller's integers; its gradient is the float layer's on the quantized tensors,
+    zero for every integer the range clamped (the weight 1.0 and the output 5.0 here)."""
+    layer = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
-        y = model(x).double()
-    x_ref, _ = reference(x, 6, "ASYMMETRIC_UNSIGNED", torch.tensor(-2.0), torch.tensor(3.0))
-    w = model[0].weight.detach()
-    w_ref, _ = reference(w, 6, "ASYMMETRIC_UNSIGNED", w.min(), w.max())
-    pre = F.linear(x_ref, w_ref, model[0].bias.detach().double())
-    y_ref, step = reference(pre, 6, "ASYMMETRIC_UNSIGNED", torch.tensor(-1.5), torch.tensor(2.5))
-    assert torch.all((y - y_ref).abs() <= step + 1e-6)
-    assert ((y - y_ref).abs() <= 1e-6).float().mean() >= 0.95
-    assert float(y.min()) >= -1.5 - float(step) - 1e-6 and float(y.max()) <= 2.5 + float(step) + 1e-6
+        layer.weight.copy_(torch.eye(2))
+    model = nn.Sequential(layer)
+    stats = {"0": {"inputs": {0: {"min": -8.0, "max": 8.0}}, "output": {"min": -1.0, "max": 1.0}}}
+    PostTrainLinearQuantizer(model, mode="SYMMETRIC", model_activation_stats=stats).prepare_model()
+    x = torch.tensor([[0.1, 5.0]], requires_grad=True)
+    y = model(x)
+    # input scale 127.5 / 8: 0.1 -> 2, 5.0 -> 80; weight scale 127.5: 1.0 -> 127.5 -> 128, clamped to 127;
+    # output 2 * 127 * 127.5 / (15.9375 * 127.5) = 15.9 -> 16, and 80 * 127 / 15.9375 = 637.5 -> 127
+    assert integers(y.detach(), 127.5, 0).tolist() == [[16, 127]]
+    with torch.no_grad():
+        assert torch.equal(model(x), y)
+    y.sum().backward()
+    w_q = torch.tensor(127.0) / 127.5
+    _, x_q = reference(x.detach(), 8, "SYMMETRIC", torch.tensor(-8.0), torch.tensor(8.0))
+    assert torch.equal(x.grad, torch.stack([w_q, torch.tensor(0.0)]).reshape(1, 2))
+    assert torch.equal(layer.weight.grad, torch.tensor([[0.0, float(x_q[0, 1])], [0.0, 0.0]]))
 
 
 def test_overrides_first_match_wins_and_an_exact_name_beats_patterns(lenet, tmp_path):

@@ -1,4 +1,5 @@
-"""Quantization on torch's fake-quantize ops, with Distiller's quantizers, parameters and statistics format.
+"""Quantization in Distiller's arithmetic (its rounding at every tie), with its quantizers, parameters and
+statistics format, simulated in floating point with straight-through gradients.
 
 Training: ``QuantAwareTrainRangeLinearQuantizer``, ``DorefaQuantizer``, ``WRPNQuantizer``, ``PACTQuantizer``,
 driven by a schedule's quantizer policy (``prepare_model()`` at load, ``quantize_params()`` after every optimizer

@@ -1,9 +1,10 @@
-"""Affine (linear) quantization arithmetic: Distiller's modes and ranges, computed on torch's fake-quantize ops.
+"""Affine (linear) quantization arithmetic: Distiller's modes, ranges and rounding.
 
-Distiller writes ``q = round(scale_d * x - zp_d)`` and ``x' = (q + zp_d) / scale_d``; torch's fake-quantize ops
-write ``q = clamp(round(x / scale) + zero_point, quant_min, quant_max)`` and ``x' = (q - zero_point) * scale``.
-The two agree with ``scale = 1 / scale_d`` and ``zero_point = -zp_d``. The parameters below follow Distiller's
-formulas; :func:`fake_quantize` applies them with torch's op, which also supplies the straight-through gradient.
+Distiller quantizes with ``q = round(scale * x - zero_point)`` (``torch.round``: ties to even) and dequantizes with
+``x' = (q + zero_point) / scale``; :class:`QParams` holds its ``scale`` and ``zero_point`` and :func:`fake_quantize`
+computes exactly these float32 operations, so the integers are Distiller's at every tie. torch's fake-quantize ops
+take the step ``1 / scale`` and multiply by its reciprocal again, and that double rounding moves exact ties:
+symmetric 8-bit puts the largest magnitude on ``±127.5``, which they send to ``-127`` where Distiller gives ``-128``.
 Zero is always exactly representable: ranges are widened to include it and the zero point is an integer.
 """
 
@@ -19,9 +20,8 @@ import torch
 
 from hookprune.pruning.base import ArgumentError
 
-#: the widest integer range torch's fake-quantize kernels hold exactly
+#: the widest bit width (Distiller's accumulator)
 MAX_BITS = 32
-_INT32_MAX = 2**31 - 1
 
 
 class LinearQuantMode(Enum):
@@ -123,8 +123,9 @@ def quantized_range(num_bits: int, mode: LinearQuantMode) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class QParams:
-    """Quantization parameters in torch's convention, ``x' = (clamp(round(x / scale) + zero_point) - zero_point)
-    * scale``: per-tensor when ``axis`` is None, else one scale and zero point per index of ``axis``."""
+    """Quantization parameters in Distiller's convention, ``q = clamp(round(scale * x - zero_point), quant_min,
+    quant_max)`` and ``x' = (q + zero_point) / scale``: per-tensor when ``axis`` is None, else one scale and zero
+    point per index of ``axis``. ``zero_point`` holds integers in a float tensor, as Distiller's does."""
 
     scale: torch.Tensor
     zero_point: torch.Tensor
@@ -140,18 +141,17 @@ class QParams:
 
     def saturation(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The float range the integer range maps to."""
-        zp = self.zero_point.to(self.scale.dtype)
-        return (self.quant_min - zp) * self.scale, (self.quant_max - zp) * self.scale
+        return (self.quant_min + self.zero_point) / self.scale, (self.quant_max + self.zero_point) / self.scale
 
 
 def qparams(num_bits: int, mode: LinearQuantMode, sat_min: torch.Tensor, sat_max: torch.Tensor,
             axis: int | None = None) -> QParams:
     """Distiller's parameters for the float range ``[sat_min, sat_max]`` (tensors of one shape: a scalar, or one
-    value per channel along ``axis``).
+    value per channel along ``axis``), computed in float32 as Distiller computes them.
 
-    Symmetric: ``scale = max(|min|, |max|) / n`` with ``n = (2^b - 1) / 2`` (restricted: ``2^(b-1) - 1``).
-    Asymmetric: the range is widened to include 0, ``scale = (max - min) / (2^b - 1)`` and the zero point is
-    ``round(min / scale)`` negated (shifted by ``2^(b-1)`` when signed). An all-zero range gets scale 1.
+    Symmetric: ``scale = n / max(|min|, |max|)`` with ``n = (2^b - 1) / 2`` (restricted: ``2^(b-1) - 1``) and a
+    zero point of 0. Asymmetric: the range is widened to include 0, ``scale = (2^b - 1) / (max - min)`` and the
+    zero point is ``round(scale * min)`` (plus ``2^(b-1)`` when signed). An all-zero range gets scale 1.
     """
     sat_min = torch.as_tensor(sat_min).detach().to(torch.float32)
     sat_max = torch.as_tensor(sat_max).detach().to(torch.float32)
@@ -162,29 +162,20 @@ def qparams(num_bits: int, mode: LinearQuantMode, sat_min: torch.Tensor, sat_max
             raise ValueError(f"{mode.name} needs at least 2 bits, got {num_bits}")
         sat = torch.maximum(sat_min.abs(), sat_max.abs())
         sat = torch.where(sat == 0, torch.full_like(sat, n), sat)
-        scale_d = n / sat
-        zero_point = torch.zeros_like(scale_d)
+        scale = n / sat
+        zero_point = torch.zeros_like(scale)
     else:
         n = 2**num_bits - 1
         sat_min = torch.minimum(sat_min, torch.zeros_like(sat_min))
         sat_max = torch.maximum(sat_max, torch.zeros_like(sat_max))
         diff = sat_max - sat_min
         diff = torch.where(diff == 0, torch.full_like(diff, n), diff)
-        scale_d = n / diff
-        zero_point = -torch.round(scale_d * sat_min)
+        scale = n / diff
+        zero_point = torch.round(scale * sat_min)
         if mode is LinearQuantMode.ASYMMETRIC_SIGNED:
-            zero_point = zero_point - 2 ** (num_bits - 1)
-    scale = (1.0 / scale_d).reshape(-1) if axis is not None else (1.0 / scale_d).reshape(1)
-    zero_point = zero_point.reshape(scale.shape)
-    return _int32_safe(scale, zero_point, qmin, qmax, axis)
-
-
-def _int32_safe(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None) -> QParams:
-    """Shift an unsigned range past 2^31 onto the signed one: the same values with an int32 zero point."""
-    if qmax > _INT32_MAX:
-        shift = qmax - _INT32_MAX
-        qmin, qmax, zero_point = qmin - shift, qmax - shift, zero_point - shift
-    return QParams(scale, zero_point.to(torch.int32), qmin, qmax, axis)
+            zero_point = zero_point + 2 ** (num_bits - 1)
+    scale = scale.reshape(-1) if axis is not None else scale.reshape(1)
+    return QParams(scale, zero_point.reshape(scale.shape), qmin, qmax, axis)
 
 
 def fixed_qparams(num_bits: int, mode: LinearQuantMode, sat_min: float, sat_max: float,
@@ -194,20 +185,47 @@ def fixed_qparams(num_bits: int, mode: LinearQuantMode, sat_min: float, sat_max:
     return params if device is None else params.to(torch.device(device))
 
 
-def fake_quantize(x: torch.Tensor, params: QParams) -> torch.Tensor:
-    """Quantize and dequantize ``x`` with ``params`` (torch's fake-quantize op: the gradient passes straight
-    through inside the integer range and is zero outside it)."""
+class _LinearQuantizeSTE(torch.autograd.Function):
+    """Distiller's quantize-dequantize, ``(clamp(round(scale * x - zp)) + zp) / scale`` (``bounds`` None: no
+    clamp), with a straight-through gradient that is zero where the integer lay outside ``bounds``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                bounds: tuple[int, int] | None) -> torch.Tensor:
+        q = torch.round(scale * x - zero_point)
+        ctx.clamped = bounds is not None
+        if bounds is not None:
+            ctx.save_for_backward((q >= bounds[0]) & (q <= bounds[1]))
+            q = torch.clamp(q, bounds[0], bounds[1])
+        return (q + zero_point) / scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        if not ctx.clamped:
+            return grad, None, None, None
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, params: QParams, *, clamp: bool = True) -> torch.Tensor:
+    """Quantize and dequantize ``x`` with ``params`` in Distiller's arithmetic (float32 for half-precision input).
+
+    The gradient passes straight through; with ``clamp`` the integers are clamped to ``[quant_min, quant_max]``
+    and the gradient is zero where that changed one (post-training quantization). Without it they are left as
+    rounded, as Distiller's training quantizers leave them: their input already lies in the range, but a tie at
+    its end can round one step past it (symmetric mode's ``+(2^b - 1) / 2`` rounds to ``2^(b-1)``).
+    """
     params = params.to(x.device)
     source_dtype = x.dtype
     if source_dtype not in (torch.float32, torch.float64):
         x = x.float()
-    if params.axis is None:
-        out = torch.fake_quantize_per_tensor_affine(x, params.scale, params.zero_point, params.quant_min,
-                                                    params.quant_max)
-    else:
-        out = torch.fake_quantize_per_channel_affine(x, params.scale, params.zero_point, params.axis,
-                                                     params.quant_min, params.quant_max)
-    return out.to(source_dtype)
+    scale, zero_point = params.scale, params.zero_point
+    if params.axis is not None:
+        shape = [1] * x.dim()
+        shape[params.axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    bounds = (params.quant_min, params.quant_max) if clamp else None
+    return _LinearQuantizeSTE.apply(x, scale, zero_point, bounds).to(source_dtype)
 
 
 def tensor_range(t: torch.Tensor, per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

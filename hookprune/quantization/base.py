@@ -79,8 +79,11 @@ class QuantizedParamsForward:
         return weight, bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compute(x, *self.parameters())
+
+    def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The module's own computation on ``x`` with ``weight`` and ``bias`` in place of its parameters."""
         module = self.module
-        weight, bias = self.parameters()
         if isinstance(module, nn.Linear):
             return F.linear(x, weight, bias)
         if isinstance(module, nn.Conv2d | nn.Conv3d):
@@ -149,6 +152,10 @@ class Quantizer(ABC):
         """The module that fake-quantizes this module's output (None to leave it in float)."""
         return None
 
+    def _params_forward(self, module: nn.Module, fns: Mapping[str, ParamFn]) -> QuantizedParamsForward:
+        """The forward that replaces ``module``'s own: its computation on the fake-quantized parameters."""
+        return QuantizedParamsForward(module, fns)
+
     def _new_param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups the quantizer adds to the optimizer (PACT's clip values)."""
         return []
@@ -177,7 +184,7 @@ class Quantizer(ABC):
             for ptq in self.params_to_quantize:
                 by_module.setdefault(id(ptq.module), (ptq.module, {}))[1][ptq.attr] = ptq.fn
             for module, fns in by_module.values():
-                module.forward = QuantizedParamsForward(module, fns)
+                module.forward = self._params_forward(module, fns)
         for name, act in self.activation_quantizers.items():
             module = self.module_settings[name].module
             self._handles.append(module.register_forward_hook(ActivationHook(act)))

@@ -31,7 +31,7 @@ class ClippedLinearQuantization(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Clamp and fake-quantize."""
-        return fake_quantize(torch.clamp(x, 0.0, self.clip_val), self.params)
+        return fake_quantize(torch.clamp(x, 0.0, self.clip_val), self.params, clamp=False)
 
     def extra_repr(self) -> str:
         return f"num_bits={self.num_bits}, clip_val={self.clip_val}"
@@ -54,7 +54,7 @@ class LearnedClippedLinearQuantization(nn.Module):
         with torch.no_grad():
             params = qparams(self.num_bits, LinearQuantMode.ASYMMETRIC_UNSIGNED, torch.zeros_like(self.clip_val),
                              self.clip_val.detach())
-        return fake_quantize(x, params)
+        return fake_quantize(x, params, clamp=False)
 
     def extra_repr(self) -> str:
         return f"num_bits={self.num_bits}"
@@ -84,13 +84,13 @@ def dorefa_quantize_param(w: torch.Tensor, num_bits: int) -> torch.Tensor:
         return keep_zeros(w, _BinarizeSTE.apply(w))
     t = torch.tanh(w)
     t = t / (2 * t.abs().max()).clamp_min(torch.finfo(t.dtype).tiny) + 0.5
-    q = 2 * fake_quantize(t, fixed_qparams(num_bits, LinearQuantMode.ASYMMETRIC_UNSIGNED, 0.0, 1.0)) - 1
+    q = 2 * fake_quantize(t, fixed_qparams(num_bits, LinearQuantMode.ASYMMETRIC_UNSIGNED, 0.0, 1.0), clamp=False) - 1
     return keep_zeros(w, q)
 
 
 def wrpn_quantize_param(w: torch.Tensor, num_bits: int) -> torch.Tensor:
     """WRPN's weights: clamped to ``[-1, 1]`` and quantized symmetrically over that range."""
-    return fake_quantize(w.clamp(-1, 1), fixed_qparams(num_bits, LinearQuantMode.SYMMETRIC, -1.0, 1.0))
+    return fake_quantize(w.clamp(-1, 1), fixed_qparams(num_bits, LinearQuantMode.SYMMETRIC, -1.0, 1.0), clamp=False)
 
 
 class _ClippedQuantizer(Quantizer):

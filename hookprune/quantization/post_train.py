@@ -1,8 +1,10 @@
-"""Post-training quantization (Distiller's ``PostTrainLinearQuantizer``), simulated with fake-quantization.
+"""Post-training quantization (Distiller's ``PostTrainLinearQuantizer``), simulated in floating point.
 
-Every leaf module is quantized for evaluation: convolution and linear layers compute with quantized weights
-(per output channel with ``per_channel_wts``), a bias quantized to the accumulator's grid (``bits_accum`` bits at
-the input scale times the weight scale) and quantized inputs; every other leaf module's output is fake-quantized.
+Every leaf module is quantized for evaluation. Convolution and linear layers compute as Distiller's wrapper does,
+on integers held in float tensors: quantized inputs and weights (per output channel with ``per_channel_wts``) with
+their zero points added, a bias quantized to the accumulator's grid (``bits_accum`` bits at the input scale times
+the weight scale), and the output requantized from the accumulator, so their outputs are Distiller's to the bit.
+Every other leaf module's output is fake-quantized.
 Activation ranges come from calibration statistics (``model_activation_stats``: a Distiller stats YAML, a dict, or
 :meth:`PostTrainLinearQuantizer.calibrate`), clipped as ``clip_acts`` says, or from each batch when a module has no
 statistics. A quantized output carries its quantization parameters to the module that consumes it, so that
@@ -43,7 +45,7 @@ from hookprune.quantization.affine import (
     stats_range,
     tensor_qparams,
 )
-from hookprune.quantization.base import ParamFn, Quantizer
+from hookprune.quantization.base import ParamFn, QuantizedParamsForward, Quantizer
 from hookprune.quantization.overrides import ModuleSettings, QBits
 from hookprune.quantization.stats import Stats, check_stats, collect_activation_stats, load_stats
 
@@ -137,6 +139,7 @@ class _Layer:
         self.static_inputs: dict[int, QParams] = {}
         self.current_input: QParams | None = None
         self.current_weight: QParams | None = None
+        self.current_output: QParams | None = None
 
     def _check(self, settings: QuantSettings, argument: str) -> QuantSettings:
         if settings.num_bits is None:
@@ -195,11 +198,54 @@ class _Layer:
         if x is not None and x.axis is None and w is not None:
             qmin, qmax = quantized_range(self.bias_bits, LinearQuantMode.SYMMETRIC)
             scale = (x.scale.to(w.scale.device) * w.scale).reshape(-1)
-            params = QParams(scale, torch.zeros(scale.shape, dtype=torch.int32, device=scale.device), qmin, qmax,
-                             w.axis)
+            params = QParams(scale, torch.zeros_like(scale), qmin, qmax, w.axis)
         else:
-            params = tensor_qparams(b, self.bias_bits, self.weight_mode)
+            params = tensor_qparams(b, self.bias_bits, LinearQuantMode.SYMMETRIC)
         return fake_quantize(b, params)
+
+    def integer_forward(self, compute: IntegerParamsForward, x: torch.Tensor, x_params: QParams,
+                        w_params: QParams) -> tuple[torch.Tensor, QParams, torch.Tensor]:
+        """Distiller's integer computation of this convolution or linear layer on the quantized input ``x``: the
+        dequantized output, its parameters, and where its integers lie inside the range (before clamping)."""
+        module = self.module
+        channel_axis = -1 if isinstance(module, nn.Linear) else 1
+        x_int = _integers(x, x_params) + x_params.zero_point
+        weight = module.weight.detach().to(x.dtype)
+        w_view = [-1] + [1] * (weight.dim() - 1)
+        w_zero_point = w_params.zero_point.reshape(w_view) if w_params.axis is not None else w_params.zero_point
+        w_int = _integers(weight, w_params) + w_zero_point
+        accum_scale = x_params.scale * w_params.scale
+        b_int = self._bias_integers(accum_scale, x.dtype)
+        accum = compute.compute(x_int, w_int, b_int)
+        if self.owner.bits_accum is not None:
+            accum = torch.clamp(accum, *quantized_range(self.owner.bits_accum, LinearQuantMode.SYMMETRIC))
+        if accum_scale.numel() > 1:
+            view = [1] * accum.dim()
+            view[channel_axis] = -1
+            accum_scale = accum_scale.reshape(view)
+        params = self.static_out.to(x.device) if self.static_out is not None else self._dynamic(accum / accum_scale,
+                                                                                                 self.out)
+        q = torch.round(params.scale / accum_scale * accum - params.zero_point)
+        inside = (q >= params.quant_min) & (q <= params.quant_max)
+        q = torch.clamp(q, params.quant_min, params.quant_max)
+        return (q + params.zero_point) / params.scale, params, inside
+
+    def _bias_integers(self, accum_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The bias on the accumulator's grid: quantized at ``accum_scale`` with calibration statistics; without
+        them first on its own symmetric grid and then requantized, as Distiller's dynamic mode does."""
+        bias = getattr(self.module, "bias", None)
+        if bias is None:
+            return None
+        b = bias.detach().to(dtype)
+        scale = accum_scale.reshape(-1) if accum_scale.numel() > 1 else accum_scale.reshape(())
+        if self.bias_bits is None:
+            return b * scale
+        bounds = quantized_range(self.bias_bits, LinearQuantMode.SYMMETRIC)
+        if self.static_out is None:
+            own = tensor_qparams(b, self.bias_bits, LinearQuantMode.SYMMETRIC)
+            b = torch.clamp(torch.round(own.scale * b - own.zero_point), *bounds) + own.zero_point
+            scale = scale / own.scale.reshape(())
+        return torch.clamp(torch.round(scale * b), *bounds)
 
     # -- activations -------------------------------------------------------------------------
 
@@ -275,12 +321,70 @@ class _Layer:
             return tag(output, self.current_weight) if self.current_weight is not None else None
         if self.out.num_bits is None:
             return None
+        if self.current_output is not None:
+            params, self.current_output = self.current_output, None
+            return tag(output, params)
         params = self.static_out
         if params is not None:
             params = self.static_out = params.to(output.device)
         else:
             params = self._dynamic(output, self.out)
         return tag(fake_quantize(output, params), params)
+
+
+def _integers(t: torch.Tensor, params: QParams) -> torch.Tensor:
+    """``clamp(round(scale * t - zero_point))``, per channel along ``params.axis`` (the first dimension)."""
+    scale, zero_point = params.scale, params.zero_point
+    if params.axis is not None:
+        view = [-1] + [1] * (t.dim() - 1)
+        scale, zero_point = scale.reshape(view), zero_point.reshape(view)
+    return torch.clamp(torch.round(scale * t - zero_point), params.quant_min, params.quant_max)
+
+
+class IntegerParamsForward(QuantizedParamsForward):
+    """A convolution or linear layer computed as Distiller's post-training wrapper computes it, so its output
+    integers are Distiller's: input and weight integers with their zero points added, the bias on the accumulator's
+    grid (input scale times weight scale), the accumulator clamped to ``bits_accum`` bits, and the output
+    requantized from the accumulator with ``output scale / accumulator scale``. Without a quantized input or
+    output it is the float computation on the fake-quantized parameters. When a gradient is wanted it is the float
+    computation's, straight through, zero where the output was clamped."""
+
+    def __init__(self, module: nn.Module, fns: Mapping[str, ParamFn], layer: _Layer) -> None:
+        super().__init__(module, fns)
+        self.layer = layer
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        layer.current_output = None
+        x_params = layer.current_input
+        weight, bias = self.parameters()
+        if layer.out.num_bits is None or x_params is None or x_params.axis is not None:
+            return self.compute(x, weight, bias)
+        assert layer.current_weight is not None
+        source_dtype = x.dtype
+        with torch.no_grad():
+            exact, params, inside = layer.integer_forward(
+                self, x.detach().float() if source_dtype not in (torch.float32, torch.float64) else x.detach(),
+                x_params.to(x.device), layer.current_weight)
+        layer.current_output = params
+        exact = exact.to(source_dtype)
+        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return exact
+        return _StraightThrough.apply(self.compute(x, weight, bias), exact, inside)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``exact`` in the forward pass; in the backward pass the gradient goes to ``approx`` where ``inside``."""
+
+    @staticmethod
+    def forward(ctx: Any, approx: torch.Tensor, exact: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inside)
+        return exact.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
 
 
 class PostTrainLinearQuantizer(Quantizer):
@@ -355,6 +459,12 @@ class PostTrainLinearQuantizer(Quantizer):
     def _param_fn(self, settings: ModuleSettings, attr: str, num_bits: int) -> ParamFn:
         layer = self._layer(settings)
         return layer.weight_fn if attr == "weight" else layer.bias_fn
+
+    def _params_forward(self, module: nn.Module, fns: Mapping[str, ParamFn]) -> QuantizedParamsForward:
+        for layer in self.layers.values():
+            if layer.module is module and layer.kind == "param":
+                return IntegerParamsForward(module, fns, layer)
+        return super()._params_forward(module, fns)
 
     def calibrate(self, batches: Iterable[Any]) -> Stats:
         """Collect the activation statistics from ``batches`` on the float model (before :meth:`prepare_model`)

@@ -30,7 +30,8 @@ from hookprune.quantization.overrides import ModuleSettings
 class FakeLinearQuantization(nn.Module):
     """Fake-quantizes a tensor over a range tracked, in training, as an EMA of each batch's min and max
     (bias-corrected); in evaluation the last training scale and zero point are used. The tensor is clamped to
-    the tracked range first (symmetric modes: to plus or minus its largest magnitude)."""
+    the tracked range first (symmetric modes: to plus or minus its largest magnitude) and, as in Distiller, the
+    integers are not clamped after rounding."""
 
     def __init__(self, num_bits: int, mode: LinearQuantMode, ema_decay: float,
                  device: torch.device | str | None = None) -> None:
@@ -69,7 +70,8 @@ class FakeLinearQuantization(nn.Module):
             high = torch.maximum(low.abs(), high.abs())
             low = -high
         x = torch.clamp(x, low.to(x.dtype), high.to(x.dtype))
-        return fake_quantize(x, QParams(self.scale.clone(), self.zero_point.clone(), self.quant_min, self.quant_max))
+        return fake_quantize(x, QParams(self.scale.clone(), self.zero_point.clone(), self.quant_min, self.quant_max),
+                             clamp=False)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode.name}, num_bits={self.num_bits}, ema_decay={float(self.ema_decay):.4f}"
@@ -77,13 +79,14 @@ class FakeLinearQuantization(nn.Module):
 
 class RangeLinearParamQuantizer:
     """Quantizes a parameter over its own current range (per output channel when ``per_channel`` and the tensor
-    has two or more dimensions)."""
+    has two or more dimensions), its integers unclamped as in Distiller."""
 
     def __init__(self, num_bits: int, mode: LinearQuantMode, per_channel: bool) -> None:
         self.num_bits, self.mode, self.per_channel = num_bits, mode, per_channel
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(t, tensor_qparams(t, self.num_bits, self.mode, self.per_channel and t.dim() >= 2))
+        return fake_quantize(t, tensor_qparams(t, self.num_bits, self.mode, self.per_channel and t.dim() >= 2),
+                             clamp=False)
 
 
 class InputQuantizationHook:
