@@ -308,7 +308,7 @@ def _resize(param: torch.Tensor, data: torch.Tensor) -> None:
 def _execute(model: nn.Module, recipe: Recipe, optimizer: torch.optim.Optimizer | None, masks: Masks | None
              ) -> None:
     names = _Names(model)
-    maskers = getattr(masks, "maskers", None)
+    dense_copies = getattr(masks, "dense_copies", None)
     for module_name, attrs in recipe["modules"].items():
         module = names.get("modules", module_name)
         for attr, value in attrs.items():
@@ -331,10 +331,9 @@ def _execute(model: nn.Module, recipe: Recipe, optimizer: torch.optim.Optimizer 
                     mask = masks.get(actual)
                     if mask is not None and mask.shape == old_shape:
                         masks[actual] = mask.index_select(dim, index.to(mask.device))
-                    masker = maskers.get(actual) if maskers is not None else None
-                    copy = getattr(masker, "unmasked_copy", None)
+                    copy = dense_copies.get(actual) if dense_copies is not None else None
                     if copy is not None and copy.shape == old_shape:
-                        masker.unmasked_copy = copy.index_select(dim, index.to(copy.device))
+                        dense_copies[actual] = copy.index_select(dim, index.to(copy.device))
         for name, directives in recipe["buffers"].items():
             owner, _, attr = names.resolve("buffers", name).rpartition(".")
             module = names.get("modules", owner)
