@@ -209,6 +209,12 @@ class KnowledgeDistillationPolicy(Policy):
         self.active = bool(state.get("active", False))
 
 
+def distills(scheduler: CompressionScheduler) -> bool:
+    """True when the scheduler has a knowledge-distillation policy (in any epoch): the loop then runs the
+    model through :func:`forward`, so the teacher runs beside the student."""
+    return any(isinstance(p, KnowledgeDistillationPolicy) for p in scheduler.sched_metadata)
+
+
 def forward(scheduler: CompressionScheduler, *inputs: Any) -> Any:
     """Run the model of ``scheduler`` on ``inputs`` through the distiller active now, if there is one.
 
@@ -233,7 +239,7 @@ def routed_forward(scheduler: CompressionScheduler, model: torch.nn.Module, hint
     ``compute_loss``). Inputs must be positional; ``hint`` ends the error raised for keyword inputs. A schedule
     without distillers leaves ``model`` as it is, keyword inputs and all.
     """
-    if not any(isinstance(p, KnowledgeDistillationPolicy) for p in scheduler.sched_metadata):
+    if not distills(scheduler):
         yield
         return
     own = model.__dict__.get("forward")
