@@ -189,7 +189,8 @@ def resume_run(checkpoint: Mapping[str, Any], path: str | os.PathLike[str], mode
                arch: str, optimizer: torch.optim.Optimizer | None = None, device: torch.device | None = None) -> None:
     """Load the checkpoint read from ``path`` into ``model`` and ``scheduler`` (masks, every instance's progress),
     into ``optimizer`` when given, and into the random generators of ``device`` (the ``rng`` of its ``extras``)
-    when given: the run continues after the checkpoint's ``epoch`` as if it had never stopped.
+    when given. With both, the run continues after the checkpoint's ``epoch`` as if it had never stopped; without,
+    it starts over from the checkpoint's weights and masks.
 
     Raises :class:`CheckpointError` naming the file when a state does not fit (``arch`` names the model).
     """
