@@ -292,7 +292,8 @@ class Hookprune(Variant):
         self.sched.fire("on_epoch_begin", epoch=EPOCH)
 
     def step(self) -> None:
-        """One training step with the four minibatch events."""
+        """One training step with the four minibatch events (written out: ``hookprune.testing.train`` runs whole
+        epochs, whose ``on_epoch_begin`` recomputes the masks, and keeps every loss)."""
         x, y = self.next_batch()
         sched = self.sched
         step = {"epoch": EPOCH, "minibatch_id": self.batch % MINIBATCHES_PER_EPOCH,

@@ -1,23 +1,10 @@
 """The events of a training step, in the order a loop fires them.
 
-The loop below shows where each event fires::
-
-    sched = hookprune.load("schedule.yaml", model, optimizer)
-    for epoch in range(epochs):
-        hookprune.fire(Event.ON_EPOCH_BEGIN, epoch=epoch)
-        for i, (x, y) in enumerate(loader):
-            hookprune.fire(Event.ON_MINIBATCH_BEGIN, epoch=epoch, minibatch_id=i,
-                           minibatches_per_epoch=len(loader))
-            loss = criterion(model(x), y)
-            loss = hookprune.fire(Event.BEFORE_BACKWARD, epoch=epoch, minibatch_id=i,
-                                  minibatches_per_epoch=len(loader), loss=loss)
-            loss.backward()
-            hookprune.fire(Event.BEFORE_OPTIMIZER_STEP, epoch=epoch, minibatch_id=i,
-                           minibatches_per_epoch=len(loader))
-            optimizer.step()
-            hookprune.fire(Event.ON_MINIBATCH_END, epoch=epoch, minibatch_id=i,
-                           minibatches_per_epoch=len(loader))
-        hookprune.fire(Event.ON_EPOCH_END, epoch=epoch, metrics={"min": val_loss, "max": top1})
+Each epoch fires ``ON_EPOCH_BEGIN``; each minibatch then ``ON_MINIBATCH_BEGIN`` before the forward pass,
+``BEFORE_BACKWARD`` with the loss (``fire`` returns it plus the plugins' terms: backpropagate that),
+``BEFORE_OPTIMIZER_STEP`` before ``optimizer.step()`` and ``ON_MINIBATCH_END`` after it; the epoch ends with
+``ON_EPOCH_END`` and the loop's metrics. :func:`hookprune.testing.train` is that loop, and the README's
+"Driving a schedule from your loop" writes it out.
 """
 
 from __future__ import annotations

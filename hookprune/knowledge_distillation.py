@@ -237,7 +237,8 @@ def distillers_of(scheduler: CompressionScheduler) -> list[Any]:
 
 
 def distills(scheduler: CompressionScheduler) -> bool:
-    """True when ``scheduler`` has a knowledge-distillation policy."""
+    """True when the scheduler has a knowledge-distillation policy (in any epoch): the loop then runs the
+    model through :func:`forward`, so the teacher runs beside the student."""
     return bool(distillers_of(scheduler))
 
 

@@ -1,16 +1,81 @@
-"""Helpers for testing what a training loop or a trainer integration fires.
+"""Helpers for testing plugins, schedules and trainer integrations.
 
-A plugin author checks that an integration fires every event, in order, with the right epoch and
-minibatch: add an :class:`EventRecorder` to the scheduler, train, and compare its ``log``.
+:func:`train` is the plain training loop that fires the six events (the one the README's "Driving a schedule
+from your loop" shows), over a list of minibatches such as :func:`random_batches` makes: a plugin or schedule
+is tested by training with it and checking the masks, weights and loss terms it leaves. A plugin author checks
+that an integration fires every event, in order, with the right epoch and minibatch: add an
+:class:`EventRecorder` to the scheduler, train, and compare its ``log``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.nn.functional as F
 
 from hookprune.hookspecs import hookimpl
 
-__all__ = ["EventRecorder"]
+if TYPE_CHECKING:
+    from hookprune import CompressionScheduler
+
+__all__ = ["Batches", "EventRecorder", "random_batches", "train"]
+
+
+class Batches(Protocol):
+    """Minibatches ``(inputs, targets)`` with a length: a list of them, or a ``DataLoader``."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]: ...
+
+    def __len__(self) -> int: ...
+
+
+def random_batches(count: int = 2, shape: Sequence[int] = (64,), classes: int = 10, size: int = 8,
+                   seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` minibatches of ``size`` standard-normal samples of ``shape`` with random labels below
+    ``classes``, drawn from a generator seeded ``seed`` (the global one is untouched). The defaults fit
+    ``create_model("lenet300_100", input_features=64)``."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, *shape, generator=gen), torch.randint(0, classes, (size,), generator=gen))
+            for _ in range(count)]
+
+
+def train(scheduler: CompressionScheduler, model: Callable[[torch.Tensor], torch.Tensor],
+          optimizer: torch.optim.Optimizer, data: Batches, epochs: int, *, start_epoch: int = 0,
+          loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = F.cross_entropy,
+          before_forward: Callable[[int, int], None] | None = None, fire: Callable[..., Any] | None = None,
+          metrics: Callable[[int], Mapping[str, Any]] | None = None) -> list[torch.Tensor]:
+    """Train ``model`` over ``data`` in epochs ``start_epoch .. epochs - 1``, firing the six events around
+    every step; returns the (detached) loss ``before_backward`` gave back at each step.
+
+    Each step: ``on_minibatch_begin``, ``before_forward(epoch, minibatch_id)`` when given, the loss
+    ``loss_fn(model(x), y)`` handed to ``before_backward`` (which adds the plugins' terms), ``zero_grad``,
+    backward, ``before_optimizer_step``, ``optimizer.step()``, ``on_minibatch_end``. ``model`` is any callable
+    (``lambda x: knowledge_distillation.forward(scheduler, x)`` when distilling) and is not switched to train
+    mode. ``fire`` replaces ``scheduler.fire`` (``hookprune.fire`` fires on the active scheduler; a wrapper
+    can observe each event). ``on_epoch_end`` gets ``metrics(epoch)``, by default the epoch's last loss as
+    ``min`` and 0.0 as ``max``.
+    """
+    fire = fire or scheduler.fire
+    losses: list[torch.Tensor] = []
+    for epoch in range(start_epoch, epochs):
+        fire("on_epoch_begin", epoch=epoch)
+        for i, (x, y) in enumerate(data):
+            step = {"epoch": epoch, "minibatch_id": i, "minibatches_per_epoch": len(data)}
+            fire("on_minibatch_begin", **step)
+            if before_forward is not None:
+                before_forward(epoch, i)
+            loss = fire("before_backward", **step, loss=loss_fn(model(x), y))
+            losses.append(loss.detach())
+            optimizer.zero_grad()
+            loss.backward()
+            fire("before_optimizer_step", **step)
+            optimizer.step()
+            fire("on_minibatch_end", **step)
+        measured = {"min": float(losses[-1]), "max": 0.0} if metrics is None else dict(metrics(epoch))
+        fire("on_epoch_end", epoch=epoch, metrics=measured)
+    return losses
 
 
 class EventRecorder:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,14 @@ AGP = ROOT / "examples" / "schedules" / "lenet300_100.agp.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
-def app(*argv: str, cwd: Path, check: bool = True, timeout: int = 300, ranks: int = 0) -> subprocess.CompletedProcess:
-    """Run the application in ``cwd``; under ``torchrun --nproc_per_node=ranks`` when ``ranks`` is given."""
+def app(*argv: str, cwd: Path, check: bool = True, timeout: int = 300, ranks: int = 0,
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the application in ``cwd`` with ``env`` added to the environment; under
+    ``torchrun --nproc_per_node=ranks`` when ``ranks`` is given."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
     # torchrun leaves its log folders and error files in the temporary directory: keep them in the test's own.
-    env = {**ENV, "TMPDIR": str(cwd)} if ranks else ENV
-    result = subprocess.run([sys.executable, *launcher, str(APP), *argv], cwd=cwd, env=env, capture_output=True,
+    environ = {**ENV, **(env or {}), **({"TMPDIR": str(cwd)} if ranks else {})}
+    result = subprocess.run([sys.executable, *launcher, str(APP), *argv], cwd=cwd, env=environ, capture_output=True,
                             text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

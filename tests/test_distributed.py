@@ -6,10 +6,8 @@ The unit tests start two gloo processes on the CPU; the example runs under ``tor
 from __future__ import annotations
 
 import gc
-import importlib.util
 import os
 import re
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,8 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 import hookprune
 from hookprune import distributed, hookimpl, models
 from hookprune._engine.registry import DISABLE_AUTOLOAD_ENV
-from tests.loops import run
-from tests.test_compress_classifier import AGP, APP, app, final_state
+from hookprune.testing import random_batches, train
+from tests.test_compress_classifier import AGP, app, error_line, final_state
 
 WORLD = 2
 
@@ -66,8 +64,7 @@ def lenet() -> torch.nn.Module:
 
 def shard(rank: int, batches: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Minibatches that differ from rank to rank, as a data shard does."""
-    gen = torch.Generator().manual_seed(100 + rank)
-    return [(torch.randn(8, 64, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(batches)]
+    return random_batches(batches, seed=100 + rank)
 
 
 def random_keep(shape: torch.Size, rank: int, epoch: int) -> torch.Tensor:
@@ -100,7 +97,7 @@ def divergent_random_masks(rank: int, folder: Path) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = hookprune.CompressionScheduler(model, optimizer=optimizer)
     sched.add_policy(RankRandomPruner("fc1.weight"), starting_epoch=0, ending_epoch=3)
-    run(sched, model, optimizer, shard(rank), epochs=5)
+    train(sched, model, optimizer, shard(rank), epochs=5)
     compared = distributed.verify_masks(sched)
 
     bare = lenet()
@@ -145,7 +142,7 @@ def agp_on_the_ddp_model(rank: int, folder: Path) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = hookprune.build(SCHEDULE, model, optimizer)
     attached = sched.mask_sync is not None
-    run(sched, model, optimizer, shard(rank, batches=3), epochs=5)
+    train(sched, model, optimizer, shard(rank, batches=3), epochs=5)
     distributed.verify_masks(sched)
     torch.save({"attached": attached, "masks": masks_of(sched), "params": params_of(model),
                 "broadcasts": sched.mask_sync.broadcasts}, folder / f"rank{rank}.pt")
@@ -196,7 +193,7 @@ def changes_between_backward_and_step(rank: int, folder: Path) -> None:
             seen.update(masks=masks_of(sched), fc3=model.fc3.weight.detach().clone())
 
     sched.add_policy(MidStepMeddler(), epochs=[1])
-    run(sched, net, optimizer, shard(rank), epochs=2, spy=spy)
+    train(sched, net, optimizer, shard(rank), epochs=2, before_forward=spy)
     own_group = distributed._control_group() is not dist.group.WORLD
     torch.save({**seen, "broadcasts": sync.broadcasts, "own_group": own_group}, folder / f"rank{rank}.pt")
 
@@ -248,7 +245,7 @@ def observers_that_never_set_masks(rank: int, folder: Path) -> None:
         finally:
             del os.environ[DISABLE_AUTOLOAD_ENV]
         sched.add_policy(observer, starting_epoch=0, ending_epoch=5)
-        run(sched, model, optimizer, shard(rank, batches=3), epochs=5)
+        train(sched, model, optimizer, shard(rank, batches=3), epochs=5)
         distributed.verify_masks(sched)
         result[type(observer).__name__] = {"exchanges": sched.mask_sync.exchanges,
                                            "broadcasts": sched.mask_sync.broadcasts,
@@ -356,16 +353,11 @@ def test_torchrun_prunes_like_one_process_writes_one_run_folder_and_resumes_bit_
     assert summary_r == summary
 
 
-def test_distillation_under_torchrun_is_refused_with_one_line(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("compress_classifier_under_test", APP)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    status = module.main(["-a", "lenet300_100", "--kd-teacher", "lenet300_100", "-o", str(tmp_path)])
-    assert status == 2
-    assert capsys.readouterr().err == (
+def test_distillation_under_torchrun_is_refused_with_one_line(tmp_path):
+    # rank 1 of a torchrun job: the environment torchrun gives it
+    result = app("-a", "lenet300_100", "--kd-teacher", "lenet300_100", "-o", str(tmp_path / "out"), cwd=tmp_path,
+                 check=False, env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert error_line(result) == (
         "compress_classifier.py: error: rank 1: --kd-teacher: knowledge distillation is not supported under torchrun "
-        "(the teacher and the distillation loss would run outside DistributedDataParallel); distil in one process\n")
+        "(the teacher and the distillation loss would run outside DistributedDataParallel); distil in one process")
     assert not any(tmp_path.iterdir())

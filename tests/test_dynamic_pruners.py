@@ -17,7 +17,7 @@ from hookprune.pruning.baidu_rnn import BaiduRNNPruner, baidu_threshold
 from hookprune.pruning.levels import agp_target
 from hookprune.pruning.splicing import SplicingPruner
 from hookprune.pruning.structures import count_to_prune
-from tests.loops import run
+from hookprune.testing import random_batches, train
 
 # -- models and a loop ------------------------------------------------------------------------------
 
@@ -68,9 +68,7 @@ def conv_net(channel_gain: dict[int, float] | None = None, channel_shift: dict[i
 
 
 def image_batches(n: int, seed: int = 0, batch: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, 3, 6, 6, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
-            for _ in range(n)]
+    return random_batches(n, (3, 6, 6), classes=4, size=batch, seed=seed)
 
 
 def pruner_schedule(cls: str, policy: dict, **kwargs) -> dict:
@@ -96,7 +94,7 @@ def test_apoz_prunes_exactly_the_filters_whose_relu_output_is_always_zero():
     sched = hookprune.load(pruner_schedule("ActivationAPoZRankedFilterPruner", {"epochs": [0]},
                                            group_type="Filters", desired_sparsity=0.25,
                                            weights=["conv.weight", "fc1.weight"]), model, optimizer)
-    run(sched, model, optimizer, image_batches(3), epochs=1)
+    train(sched, model, optimizer, image_batches(3), epochs=1)
     assert pruned_filters(sched.masks["conv.weight"]) == [2, 5]
     assert torch.count_nonzero(model.conv.weight.detach().flatten(1).abs().sum(1)) == 6
     # fc1 has 6 neurons: int(0.25 * 6) = 1 is pruned, whatever it is
@@ -113,7 +111,7 @@ def test_apoz_ties_prune_the_lowest_index_first():
     sched = hookprune.load(pruner_schedule("ActivationAPoZRankedFilterPruner", {"epochs": [0]},
                                            group_type="3D", desired_sparsity=0.25, weights=["conv.weight"]),
                            model, optimizer)
-    run(sched, model, optimizer, image_batches(2), epochs=1)
+    train(sched, model, optimizer, image_batches(2), epochs=1)
     assert pruned_filters(sched.masks["conv.weight"]) == [1, 4]
 
 
@@ -125,7 +123,7 @@ def test_mean_prunes_the_filters_with_the_lowest_mean_activation():
     sched = hookprune.load(pruner_schedule("ActivationMeanRankedFilterPruner", {"epochs": [0]},
                                            group_type="Filters", desired_sparsity=0.5, weights=["conv.weight"]),
                            model, optimizer)
-    run(sched, model, optimizer, image_batches(2), epochs=1)
+    train(sched, model, optimizer, image_batches(2), epochs=1)
     assert pruned_filters(sched.masks["conv.weight"]) == [1, 3, 5, 7]
     # APoZ ranks these all equal (no zeros), so it prunes by index
     model = conv_net(channel_gain=dict.fromkeys(shifts, 0.0), channel_shift=shifts)
@@ -133,7 +131,7 @@ def test_mean_prunes_the_filters_with_the_lowest_mean_activation():
     sched = hookprune.load(pruner_schedule("ActivationAPoZRankedFilterPruner", {"epochs": [0]},
                                            group_type="Filters", desired_sparsity=0.5, weights=["conv.weight"]),
                            model, optimizer)
-    run(sched, model, optimizer, image_batches(2), epochs=1)
+    train(sched, model, optimizer, image_batches(2), epochs=1)
     assert pruned_filters(sched.masks["conv.weight"]) == [0, 1, 2, 3]
 
 
@@ -153,7 +151,7 @@ def test_first_epoch_waits_for_one_minibatch_of_statistics_then_later_epochs_use
         if minibatch_id == 0 and epoch > 0:
             # ranked by the whole previous epoch: its statistics were moved aside at its end
             assert pruner.ranking["conv.weight"].count == 3 * 4 * 36
-    run(sched, model, optimizer, image_batches(3), epochs=3, spy=spy)
+    train(sched, model, optimizer, image_batches(3), epochs=3, before_forward=spy)
     counts = [count_to_prune(8, agp_target(0.1, 0.5, 0, 3, 1, e), param_name="conv.weight") for e in range(3)]
     assert counts == [0, 3, 4]
     # 0.1 of 8 filters is 0: nothing to wait for; then 3 and 4 filters from the start of the epoch
@@ -171,8 +169,8 @@ def test_hooks_exist_only_during_the_forward_passes_of_the_policys_epochs():
     during_forward = []
     model.register_forward_pre_hook(lambda module, args: during_forward.append(all_forward_hooks(module)))
     between = []
-    run(sched, model, optimizer, image_batches(2), epochs=4,
-        spy=lambda epoch, i: between.append((epoch, i, all_forward_hooks(model))))
+    train(sched, model, optimizer, image_batches(2), epochs=4,
+        before_forward=lambda epoch, i: between.append((epoch, i, all_forward_hooks(model))))
     # the model's own pre-hook is a forward *pre* hook, so every count is the pruner's alone
     assert [(e, i, n) for e, i, n in between] == [
         (0, 0, 0), (0, 1, 0),
@@ -202,10 +200,10 @@ def test_statistics_survive_a_state_dict_round_trip_and_a_resumed_run_ranks_the_
         return model, optimizer, hookprune.load(schedule, model, optimizer)
 
     model_a, opt_a, sched_a = fresh()
-    run(sched_a, model_a, opt_a, data, epochs=4)
+    train(sched_a, model_a, opt_a, data, epochs=4)
 
     model_b, opt_b, sched_b = fresh()
-    run(sched_b, model_b, opt_b, data, epochs=2)
+    train(sched_b, model_b, opt_b, data, epochs=2)
     buffer = io.BytesIO()
     torch.save({"model": model_b.state_dict(), "optimizer": opt_b.state_dict(),
                 "sched": sched_b.state_dict()}, buffer)
@@ -220,7 +218,7 @@ def test_statistics_survive_a_state_dict_round_trip_and_a_resumed_run_ranks_the_
     assert torch.equal(restored.ranking["conv.weight"].total, saved.ranking["conv.weight"].total)
     assert restored.ranking["conv.weight"].count == saved.ranking["conv.weight"].count
     assert torch.equal(restored.filter_scores("conv.weight"), saved.filter_scores("conv.weight"))
-    run(sched_c, model_c, opt_c, data, epochs=4, start_epoch=2)
+    train(sched_c, model_c, opt_c, data, epochs=4, start_epoch=2)
     assert torch.equal(sched_a.masks["conv.weight"], sched_c.masks["conv.weight"])
     for (name, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values(), strict=True):
         assert torch.equal(a, c), name
@@ -233,7 +231,7 @@ def test_leader_dependency_gives_every_weight_the_leaders_filters():
     sched = hookprune.load(pruner_schedule("ActivationAPoZRankedFilterPruner", {"epochs": [0]},
                                            group_type="Filters", desired_sparsity=0.125, group_dependency="Leader",
                                            weights=["conv.weight", "conv2.weight"]), model, optimizer)
-    run(sched, model, optimizer, image_batches(2), epochs=1)
+    train(sched, model, optimizer, image_batches(2), epochs=1)
     assert pruned_filters(sched.masks["conv.weight"]) == [1]
     assert pruned_filters(sched.masks["conv2.weight"]) == [1]
 
@@ -278,8 +276,8 @@ def test_fm_reconstruction_restores_the_layer_output_that_plain_channel_pruning_
                            model, optimizer)
     masked_before = []
     data = [(torch.randn(8, 3, 6, 6), None) for _ in range(3)]
-    run(sched, model, optimizer, data, epochs=1, loss_fn=lambda out, y: out.square().mean(),
-        spy=lambda e, i: masked_before.append("1.weight" in sched.masks))
+    train(sched, model, optimizer, data, epochs=1, loss_fn=lambda out, y: out.square().mean(),
+        before_forward=lambda e, i: masked_before.append("1.weight" in sched.masks))
     # 8 channels x 3 x 3 = 72 inputs per output; one minibatch gives 8 samples x 10 positions = 80 rows,
     # so pruning happens before the second minibatch
     assert masked_before == [False, True, True]
@@ -311,8 +309,8 @@ def test_fm_reconstruction_of_a_linear_layer_with_too_few_samples_prunes_at_the_
     # 4 rows per minibatch, 8 inputs per output: the two minibatches give exactly 8 rows by the epoch's end
     data = [(torch.randn(4, 3), None) for _ in range(2)]
     masked_before = []
-    run(sched, model, optimizer, data, epochs=1, loss_fn=lambda out, y: out.square().mean(),
-        spy=lambda e, i: masked_before.append("1.weight" in sched.masks))
+    train(sched, model, optimizer, data, epochs=1, loss_fn=lambda out, y: out.square().mean(),
+        before_forward=lambda e, i: masked_before.append("1.weight" in sched.masks))
     assert masked_before == [False, False]
     kept = sched.masks["1.weight"][0]
     assert int((~kept).sum()) == 2
@@ -426,7 +424,7 @@ def test_splicing_runs_every_minibatch_forward_only_as_distillers_network_surger
                                                  "mask_on_forward_only": True}
     sched = hookprune.load(schedule, model, optimizer)
     pruner = sched.instances["p"]
-    run(sched, model, optimizer, image_batches(3), epochs=3)
+    train(sched, model, optimizer, image_batches(3), epochs=3)
     assert set(pruner.magnitude_stats) == {"conv.weight", "fc1.weight"}
     for name in ("conv.weight", "fc1.weight"):
         zeros = int((~sched.masks[name]).sum())
@@ -524,9 +522,9 @@ def test_baidu_minibatch_granularity_raises_the_threshold_inside_an_epoch():
     tokens = torch.randint(0, 30, (5, 2))
     data = [(tokens[:-1], tokens[1:])] * 4
     kept = []
-    run(sched, model, optimizer, data, epochs=4, start_epoch=2,
+    train(sched, model, optimizer, data, epochs=4, start_epoch=2,
         loss_fn=lambda out, y: nn.functional.cross_entropy(out.reshape(-1, 30), y.reshape(-1)),
-        spy=lambda e, i: kept.append(sched.masks["rnn.weight_hh_l0"].clone()))
+        before_forward=lambda e, i: kept.append(sched.masks["rnn.weight_hh_l0"].clone()))
     for n, mask in enumerate(kept):
         epoch, minibatch_id = 2 + n // 4, n % 4
         threshold = baidu_threshold(0.3, 2, 1.5, 2, 8, 1, epoch + minibatch_id / 4)

@@ -4,15 +4,14 @@ command on tiny batches to exactly the levels, shapes and bit widths it promises
 
 from __future__ import annotations
 
+import argparse
 import functools
-import importlib.util
 import math
 import re
+import runpy
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import hookprune
-from hookprune import cli, models
+from hookprune import cli, models, testing
 from hookprune import knowledge_distillation as kd
 from hookprune.apputils.data_loaders import input_adapter, sample_shape
+from hookprune.apputils.models import AdaptedInput
 from hookprune.config.builder import build
 from hookprune.pruning import structures
 from hookprune.thinning.extensions import StructureRemover
-from tests.loops import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES_DIR = ROOT / "examples" / "schedules"
@@ -39,17 +38,9 @@ BATCH = 8
 
 
 @functools.cache
-def app_module() -> ModuleType:
-    """The example application, imported once from its file (for its command-line parser)."""
-    spec = importlib.util.spec_from_file_location("compress_classifier_of_schedule_tests", APP)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while they are defined
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+def app_parser() -> argparse.ArgumentParser:
+    """The example application's command line (the parser is the one part of it that is not in apputils)."""
+    return runpy.run_path(str(APP))["build_parser"]()
 
 
 @dataclass(frozen=True)
@@ -70,7 +61,7 @@ def header(path: Path) -> Header:
 
 
 def command_args(path: Path) -> Any:
-    return app_module().build_parser().parse_args(header(path).argv)
+    return app_parser().parse_args(header(path).argv)
 
 
 @dataclass
@@ -102,7 +93,7 @@ def setup(path: Path, batches: int = 2) -> Setup:
         teacher = digits_model(args.kd_teacher)
         adapt = input_adapter(DATASET, args.arch, args.kd_teacher)
         if adapt is not None:
-            teacher = app_module().AdaptedInput(teacher, adapt)
+            teacher = AdaptedInput(teacher, adapt)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     sched = build(path, model, optimizer, teacher=teacher)
@@ -123,8 +114,7 @@ class Trained:
 
 def train(s: Setup, spy: Any = None) -> Trained:
     """Every epoch of the header's command, through the distiller's forward when the schedule distils."""
-    distilling = any(isinstance(p, kd.KnowledgeDistillationPolicy) for p in s.sched.sched_metadata)
-    net = (lambda x: kd.forward(s.sched, x)) if distilling else s.model
+    net = (lambda x: kd.forward(s.sched, x)) if kd.distills(s.sched) else s.model
     terms: dict[int, list[set[str]]] = {}
 
     def fire(event: str, **kwargs: Any) -> Any:
@@ -133,7 +123,7 @@ def train(s: Setup, spy: Any = None) -> Trained:
             terms.setdefault(kwargs["epoch"], []).append(set(s.sched.loss_components))
         return result
 
-    losses = run(s.sched, net, s.optimizer, s.data, s.args.epochs, spy=spy, fire=fire)
+    losses = testing.train(s.sched, net, s.optimizer, s.data, s.args.epochs, before_forward=spy, fire=fire)
     return Trained(losses, terms)
 
 

@@ -7,8 +7,7 @@ import torch
 
 import hookprune
 from hookprune import LossTerm, hookimpl
-from hookprune.testing import EventRecorder
-from tests.loops import train
+from hookprune.testing import EventRecorder, random_batches, train
 
 
 class Recorder:
@@ -58,7 +57,7 @@ def test_instance_hears_every_event_of_its_window_and_nothing_else(lenet):
     log: list = []
     sched = hookprune.CompressionScheduler(lenet)
     sched.add_policy(Recorder(log, "r"), starting_epoch=1, ending_epoch=6, frequency=2)
-    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=7)
+    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), random_batches(), epochs=7)
     assert log == expected_events("r", [1, 3, 5])
 
 
@@ -66,7 +65,7 @@ def test_the_event_recorder_plugin_authors_use_records_the_loops_events(lenet):
     recorder = EventRecorder()
     sched = hookprune.CompressionScheduler(lenet)
     sched.add_policy(recorder, starting_epoch=0, ending_epoch=2)
-    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=2)
+    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), random_batches(), epochs=2)
     assert [("r", *event) for event in recorder.log] == expected_events("r", [0, 1])
     assert recorder.minibatches_per_epoch == {2}
     assert (recorder.count("on_epoch_end"), recorder.count("before_backward")) == (2, 4)
@@ -81,7 +80,7 @@ def test_epochs_list_and_two_windows_union(lenet):
     rec = Recorder(log, "r")
     sched.add_policy(rec, epochs=[0, 4])
     sched.add_policy(rec, starting_epoch=2, ending_epoch=3)
-    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=5, batches=1)
+    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), random_batches(1), epochs=5)
     assert log == expected_events("r", [0, 2, 4], batches=1)
 
 
@@ -98,7 +97,7 @@ def test_instances_run_in_policy_order_lr_schedulers_last(lenet):
     sched.add_policy(LRWatcher(torch.optim.lr_scheduler.StepLR(optimizer, 1)), epochs=[0])
     sched.add_policy(Recorder(log, "a"), epochs=[0])
     sched.add_policy(Recorder(log, "b"), epochs=[0])
-    train(sched, lenet, optimizer, epochs=1, batches=1)
+    train(sched, lenet, optimizer, random_batches(1), epochs=1)
     ends = [entry[0] for entry in log if entry[1] == "on_epoch_end"]
     assert ends == ["a", "b", "lr"]
     begins = [entry[0] for entry in log if entry[1] == "on_epoch_begin"]
@@ -189,7 +188,7 @@ def test_distiller_style_policy_runs_unchanged(lenet):
 
     sched = hookprune.CompressionScheduler(lenet)
     sched.add_policy(OldPolicy(), starting_epoch=0, ending_epoch=2)
-    losses = train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=3, batches=1)
+    losses = train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), random_batches(1), epochs=3)
     assert [c[:2] for c in calls] == [("begin", 0), ("step", 0), ("end", 0), ("begin", 1), ("step", 1), ("end", 1)]
     assert calls[0][2:] == (0, 2)
     assert sched.masks["fc3.weight"].dtype == torch.bool

@@ -7,7 +7,7 @@ import torch
 
 import hookprune
 from hookprune.selection import level_keep_mask, prune_mask_smallest
-from tests.loops import train
+from hookprune.testing import random_batches, train
 
 
 def agp_schedule(**args):
@@ -29,7 +29,7 @@ def zeros(t: torch.Tensor) -> int:
 def test_momentum_and_weight_decay_do_not_revive_pruned_weights(lenet):
     optimizer = torch.optim.SGD(lenet.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
     sched = hookprune.load(agp_schedule(), lenet, optimizer)
-    train(sched, lenet, optimizer, epochs=6, fire=hookprune.fire)
+    train(sched, lenet, optimizer, random_batches(), epochs=6, fire=hookprune.fire)
     for name in ("fc1.weight", "fc2.weight"):
         mask = sched.masks[name]
         assert mask.dtype == torch.bool and mask.element_size() == 1

@@ -9,7 +9,7 @@ import hookprune
 from hookprune.pruning.levels import agp_target
 from hookprune.pruning.nm import nm_keep_mask
 from hookprune.selection import global_keep_masks
-from tests.loops import train
+from hookprune.testing import random_batches, train
 
 WEIGHTS = ["fc1.weight", "fc2.weight", "fc3.weight"]
 
@@ -66,7 +66,7 @@ def nm_schedule(n, m, weights):
 def test_nm_pruner_runs_from_a_schedule(lenet):
     optimizer = torch.optim.SGD(lenet.parameters(), lr=0.1, momentum=0.9)
     sched = hookprune.load(nm_schedule(2, 4, WEIGHTS), lenet, optimizer)
-    train(sched, lenet, optimizer, epochs=3)
+    train(sched, lenet, optimizer, random_batches(), epochs=3)
     for name, param in lenet.named_parameters():
         if name in WEIGHTS:
             nonzero = groups_along_inputs(param.detach() != 0, 4).sum(dim=1)
@@ -104,7 +104,7 @@ def test_global_magnitude_pruner_reaches_the_exact_global_sparsity(lenet):
     sched = hookprune.load(schedule, lenet, optimizer)
     params = dict(lenet.named_parameters())
     expected = global_keep_masks({name: params[name].detach().clone() for name in WEIGHTS}, 0.7)
-    train(sched, lenet, optimizer, epochs=3)
+    train(sched, lenet, optimizer, random_batches(), epochs=3)
     total = sum(params[name].numel() for name in WEIGHTS)
     zeros = weight_zeros(lenet)
     assert sum(zeros.values()) == int(0.7 * total)
@@ -128,7 +128,7 @@ def test_global_agp_follows_the_cubic_schedule_exactly(lenet):
     for epoch in range(10):
         if epoch in range(1, 8, 2):
             target = agp_target(0.05, 0.85, 1, 8, 2, epoch)
-        train(sched, lenet, optimizer, epochs=epoch + 1, start_epoch=epoch, seed=epoch)
+        train(sched, lenet, optimizer, random_batches(seed=epoch), epochs=epoch + 1, start_epoch=epoch)
         assert sum(weight_zeros(lenet).values()) == int(target * total), epoch
     assert target == pytest.approx(0.85)
 

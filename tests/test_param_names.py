@@ -7,7 +7,7 @@ import torch
 
 import hookprune
 from hookprune.errors import ScheduleError
-from tests.loops import train
+from hookprune.testing import random_batches, train
 
 
 def schedule(weights, levels=None):
@@ -41,7 +41,7 @@ def test_regex_and_names_combine_without_repeats(lenet):
 def test_regex_pruning_ends_at_the_exact_level(lenet):
     opt = torch.optim.SGD(lenet.parameters(), lr=0.1)
     sched = hookprune.load(schedule(r"re:fc[12]\.weight"), lenet, opt)
-    train(sched, lenet, opt, epochs=3)
+    train(sched, lenet, opt, random_batches(), epochs=3)
     for name in ("fc1.weight", "fc2.weight"):
         weight = dict(lenet.named_parameters())[name]
         assert int((weight == 0).sum()) == int(0.5 * weight.numel())

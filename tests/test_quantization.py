@@ -27,7 +27,7 @@ from hookprune.quantization import (
     qparams,
     save_stats,
 )
-from tests.loops import train
+from hookprune.testing import random_batches, train
 
 MODES = ["SYMMETRIC", "SYMMETRIC_RESTRICTED", "ASYMMETRIC_UNSIGNED", "ASYMMETRIC_SIGNED"]
 
@@ -489,7 +489,7 @@ def test_pruned_weights_stay_zero_after_quantization(lenet, quantizer, fp_copy):
     }
     optimizer = torch.optim.SGD(lenet.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     sched = hookprune.load(schedule, lenet, optimizer)
-    train(sched, lenet, optimizer, epochs=4, batches=3)
+    train(sched, lenet, optimizer, random_batches(3), epochs=4)
     quantized = sched.instances["q"].quantized_params()
     for name in ("fc1.weight", "fc2.weight"):
         mask = sched.masks[name]
@@ -519,18 +519,18 @@ def test_resume_reproduces_the_next_step_bit_for_bit(settings, tmp_path):
         return model, optimizer, hookprune.load(schedule, model, optimizer)
 
     model, optimizer, sched = fresh()
-    train(sched, model, optimizer, epochs=3)
+    train(sched, model, optimizer, random_batches(), epochs=3)
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "compression_sched": sched.state_dict()}, path)
-    train(sched, model, optimizer, epochs=4, start_epoch=3)
+    train(sched, model, optimizer, random_batches(), epochs=4, start_epoch=3)
 
     resumed, resumed_optimizer, resumed_sched = fresh()
     checkpoint = torch.load(path, weights_only=True)
     resumed.load_state_dict(checkpoint["model"])
     resumed_optimizer.load_state_dict(checkpoint["optimizer"])
     resumed_sched.load_state_dict(checkpoint["compression_sched"])
-    train(resumed_sched, resumed, resumed_optimizer, epochs=4, start_epoch=3)
+    train(resumed_sched, resumed, resumed_optimizer, random_batches(), epochs=4, start_epoch=3)
 
     for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

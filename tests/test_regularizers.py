@@ -21,7 +21,7 @@ from hookprune.regularization import (
     L1Regularizer,
 )
 from hookprune.regularization.drop_filter import filter_scales
-from tests.loops import train
+from hookprune.testing import random_batches, train
 
 
 class TinyConvNet(nn.Module):
@@ -320,7 +320,7 @@ FILTER_SSL = {"class": "GroupLassoRegularizer", "reg_regims": {"conv2.weight": [
 def test_keep_mask_keeps_the_thresholded_filters_zero_after_the_window(net):
     net, opt = ssl_net(net), sgd(net)
     sched = hookprune.build(regularizer_schedule(FILTER_SSL, keep_mask=True), net, opt)
-    train(sched, net, opt, epochs=5)
+    train(sched, net, opt, random_batches(), epochs=5)
     assert filters_zeroed(net.conv2.weight) == [1, 4]
     assert filters_zeroed(sched.masks["conv2.weight"]) == [1, 4]
 
@@ -328,10 +328,10 @@ def test_keep_mask_keeps_the_thresholded_filters_zero_after_the_window(net):
 def test_without_keep_mask_the_threshold_mask_is_discarded_after_each_minibatch(net):
     net, opt = ssl_net(net), sgd(net)
     sched = hookprune.build(regularizer_schedule(FILTER_SSL, keep_mask=False), net, opt)
-    train(sched, net, opt, epochs=2)
+    train(sched, net, opt, random_batches(), epochs=2)
     assert filters_zeroed(net.conv2.weight) == [1, 4]
     assert "conv2.weight" not in sched.masks
-    train(sched, net, opt, epochs=4, start_epoch=2)
+    train(sched, net, opt, random_batches(), epochs=4, start_epoch=2)
     assert filters_zeroed(net.conv2.weight) == []
 
 

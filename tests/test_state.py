@@ -9,7 +9,7 @@ import torch
 
 import hookprune
 from hookprune import models
-from tests.loops import train
+from hookprune.testing import random_batches, train
 
 SCHEDULE = {
     "version": 1,
@@ -37,10 +37,10 @@ def fresh(resumed_epoch=None):
 
 def test_resumed_run_is_bit_identical_to_the_uninterrupted_one():
     model_a, opt_a, sched_a = fresh()
-    train(sched_a, model_a, opt_a, epochs=7)
+    train(sched_a, model_a, opt_a, random_batches(), epochs=7)
 
     model_b, opt_b, sched_b = fresh()
-    train(sched_b, model_b, opt_b, epochs=3)
+    train(sched_b, model_b, opt_b, random_batches(), epochs=3)
     buffer = io.BytesIO()
     torch.save({"model": model_b.state_dict(), "optimizer": opt_b.state_dict(),
                 "compression_sched": sched_b.state_dict()}, buffer)
@@ -51,7 +51,7 @@ def test_resumed_run_is_bit_identical_to_the_uninterrupted_one():
     model_c.load_state_dict(checkpoint["model"])
     opt_c.load_state_dict(checkpoint["optimizer"])
     sched_c.load_state_dict(checkpoint["compression_sched"])
-    train(sched_c, model_c, opt_c, epochs=7, start_epoch=3)
+    train(sched_c, model_c, opt_c, random_batches(), epochs=7, start_epoch=3)
 
     for (name, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values(), strict=True):
         assert torch.equal(a, c), name
@@ -64,7 +64,7 @@ def test_resumed_run_is_bit_identical_to_the_uninterrupted_one():
 
 def test_lr_follows_distillers_closed_form():
     model, optimizer, sched = fresh()
-    train(sched, model, optimizer, epochs=5, batches=1)
+    train(sched, model, optimizer, random_batches(1), epochs=5)
     # ExponentialLR policy from epoch 2: Distiller steps to epoch + 1 in closed form
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.8**5)
 

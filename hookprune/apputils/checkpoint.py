@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from hookprune._engine.params import normalize_name
+from hookprune.apputils.rng import restore_rng
+
 CHECKPOINT_SUFFIX = "checkpoint.pth.tar"
 BEST_SUFFIX = "best.pth.tar"
 
@@ -154,3 +157,60 @@ def model_state(checkpoint: Mapping[str, Any], path: str | os.PathLike[str] = "<
         return dict(checkpoint)
     raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds no model weights (no 'state_dict' or 'model' "
                           "entry, and it is not a state dict itself)")
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], arch: str,
+                 checkpoint: Mapping[str, Any] | None = None) -> None:
+    """Load the weights of the checkpoint at ``path`` (hookprune's or Distiller's) into ``model``, after the shape
+    changes its thinning recipes made; weights saved under DataParallel's ``module.`` prefix load into the bare
+    model. ``checkpoint`` is the file's content when it was read already.
+
+    Raises :class:`CheckpointError` naming ``arch`` when the weights do not fit the model.
+    """
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path)
+    recipes = checkpoint.get("thinning_recipes") or checkpoint.get("compression_sched", {}).get("thinning_recipes")
+    if recipes:
+        from hookprune.thinning import apply_recipes
+
+        apply_recipes(model, recipes)
+    state = model_state(checkpoint, path)
+    own = model.state_dict()
+    if set(own).isdisjoint(state):
+        state = {normalize_name(k): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split("\n\t")[1:2]) or str(exc).splitlines()[0]
+        raise CheckpointError(f"checkpoint '{os.fspath(path)}' does not fit '{arch}': {first.strip()}") from None
+
+
+def resume_run(checkpoint: Mapping[str, Any], path: str | os.PathLike[str], model: torch.nn.Module, scheduler: Any,
+               arch: str, optimizer: torch.optim.Optimizer | None = None, device: torch.device | None = None) -> None:
+    """Load the checkpoint read from ``path`` into ``model`` and ``scheduler`` (masks, every instance's progress),
+    into ``optimizer`` when given, and into the random generators of ``device`` (the ``rng`` of its ``extras``)
+    when given. With both, the run continues after the checkpoint's ``epoch`` as if it had never stopped; without,
+    it starts over from the checkpoint's weights and masks.
+
+    Raises :class:`CheckpointError` naming the file when a state does not fit (``arch`` names the model).
+    """
+    where = f"checkpoint '{os.fspath(path)}'"
+    state = checkpoint.get("compression_sched")
+    if state is not None:
+        try:
+            scheduler.load_state_dict(state)
+        except ValueError as exc:
+            raise CheckpointError(f"{where} does not fit this run ({exc}); resume with the --compress schedule "
+                                  "and --kd-* options it was trained with") from None
+    try:
+        model.load_state_dict(model_state(checkpoint, path))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{where} does not fit '{arch}': {str(exc).splitlines()[-1].strip()}") from None
+    if optimizer is not None and "optimizer_state_dict" in checkpoint:
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: the optimizer state does not fit ({exc})") from None
+    extras = checkpoint.get("extras", {})
+    if device is not None and "rng" in extras:
+        restore_rng(extras["rng"], device)

@@ -42,7 +42,7 @@ from torchvision import datasets, transforms
 from hookprune.errors import suggest
 from hookprune.models import zoo
 
-__all__ = ["DATASETS", "DataError", "classes_of", "load_data", "set_epoch"]
+__all__ = ["DATASETS", "DataError", "classes_of", "infer_dataset", "load_data", "set_epoch"]
 
 #: the data set names :func:`load_data` accepts; ``imagenet`` stands for any ImageFolder tree
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10", "imagenet")
@@ -272,6 +272,20 @@ def _imagenet_classes(root: Path) -> list[str]:
         raise DataError(f"imagenet: {train} holds no class folder; put the training images in {train}/<class>/, "
                         f"one folder per class {NOTHING_DOWNLOADED}")
     return classes
+
+
+def infer_dataset(arch: str, data_dir: str | os.PathLike | None = None, dataset: str | None = None) -> str:
+    """``dataset`` when given, else Distiller's rule: the digits data without a data folder; with one, by the
+    architecture's name (cifar10 for a ``cifar`` name, mnist for an ``mnist`` or ``lenet`` one, else imagenet)."""
+    if dataset:
+        return dataset
+    if data_dir is None:
+        return "digits"
+    if "cifar" in arch:
+        return "cifar10"
+    if "mnist" in arch or arch.startswith("lenet"):
+        return "mnist"
+    return "imagenet"
 
 
 def classes_of(dataset: str, data_dir: str | os.PathLike | None = None) -> int:

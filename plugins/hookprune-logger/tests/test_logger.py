@@ -18,6 +18,7 @@ from sklearn.datasets import load_digits
 from tensorboard.backend.event_processing import event_accumulator
 
 import hookprune
+from hookprune import testing
 from hookprune.models import create_model
 
 MINIBATCHES = 3
@@ -84,36 +85,43 @@ def train(tmp_path: Path, digits) -> tuple[hookprune.CompressionScheduler, dict]
     sched = hookprune.load(path, model, optimizer)
     assert hookprune_logger.plugin in sched.pm.get_plugins(), "the logger is not auto-loaded: is it installed?"
     seen: dict = {"minibatches": {}, "epochs": {}}
-    for epoch in range(EPOCHS):
-        sched.fire("on_epoch_begin", epoch=epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        losses, components = [], {}
-        for i, (x, y) in enumerate(digits):
-            step = {"epoch": epoch, "minibatch_id": i, "minibatches_per_epoch": MINIBATCHES}
-            sched.fire("on_minibatch_begin", **step)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            total = sched.fire("before_backward", **step, loss=loss)
-            terms = {name: float(value.detach()) for name, value in sched.loss_components.items()}
-            optimizer.zero_grad()
-            total.backward()
-            sched.fire("before_optimizer_step", **step)
-            optimizer.step()
-            sched.fire("on_minibatch_end", **step)
-            losses.append(float(loss.detach()))
+    epoch_lr: list[float] = []
+    losses: list[float] = []
+    terms: dict[str, float] = {}
+    components: dict[str, list[float]] = {}
+
+    def fire(event: str, **kwargs):
+        """Fire ``event``, then note what the logger sees of it."""
+        result = sched.fire(event, **kwargs)
+        epoch = kwargs["epoch"]
+        if event == "on_epoch_begin":
+            epoch_lr.append(optimizer.param_groups[0]["lr"])
+            losses.clear()
+            components.clear()
+        elif event == "before_backward":
+            losses.append(float(kwargs["loss"].detach()))
+            terms.clear()
+            terms.update({name: float(value.detach()) for name, value in sched.loss_components.items()})
             for name, value in terms.items():
                 components.setdefault(name, []).append(value)
-            seen["minibatches"][(epoch, i)] = {
+        elif event == "on_minibatch_end":
+            seen["minibatches"][(epoch, kwargs["minibatch_id"])] = {
                 "loss": losses[-1], **{f"loss_component/{n}": v for n, v in terms.items()},
                 "lr/group0": optimizer.param_groups[0]["lr"], **sparsity(model)}
-        metrics = {"min": losses[-1], "max": 10.0 * epoch, "top5": torch.tensor(99.5), "note": "text", "best": True}
-        sched.fire("on_epoch_end", epoch=epoch, metrics=metrics)
-        seen["epochs"][epoch] = {
-            "loss": sum(losses) / len(losses),
-            **{f"loss_component/{n}": sum(v) / len(v) for n, v in components.items()},
-            "lr/group0": lr,
-            **sparsity(model),
-            "metric/min": losses[-1], "metric/max": 10.0 * epoch, "metric/top5": 99.5,
-        }
+        elif event == "on_epoch_end":
+            seen["epochs"][epoch] = {
+                "loss": sum(losses) / len(losses),
+                **{f"loss_component/{n}": sum(v) / len(v) for n, v in components.items()},
+                "lr/group0": epoch_lr[-1],
+                **sparsity(model),
+                "metric/min": losses[-1], "metric/max": 10.0 * epoch, "metric/top5": 99.5,
+            }
+        return result
+
+    def metrics(epoch: int) -> dict:
+        return {"min": losses[-1], "max": 10.0 * epoch, "top5": torch.tensor(99.5), "note": "text", "best": True}
+
+    testing.train(sched, model, optimizer, digits, EPOCHS, fire=fire, metrics=metrics)
     return sched, seen
 
 

@@ -1,0 +1,53 @@
+"""Where a run writes: a new folder ``OUT_DIR/NAME___TIMESTAMP`` and the log of every line the run prints."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+def new_run_folder(out_dir: str | os.PathLike[str], name: str) -> Path:
+    """Create and return ``out_dir/name___YYYY.MM.DD-HHMMSS``, with ``.2``, ``.3``... appended when a run of the
+    same second has it already."""
+    stamp = datetime.now().strftime("%Y.%m.%d-%H%M%S")
+    base = Path(out_dir) / f"{name}___{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}.{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+class RunLog:
+    """Prints a run's lines on stdout (above any progress bar) and, once :meth:`open` names a file, keeps them
+    there too. A disabled log (a torchrun process other than rank 0) prints and keeps nothing."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.file: TextIO | None = None
+
+    def open(self, path: str | os.PathLike[str]) -> None:
+        """Keep every later line in the file ``path`` (created, or emptied)."""
+        if self.enabled:
+            self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def say(self, line: str = "") -> None:
+        """Print ``line`` and keep it in the log file, flushed at once."""
+        if not self.enabled:
+            return
+        tqdm.write(line, file=sys.stdout)
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        """Close the log file; later lines are printed only."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
