@@ -132,6 +132,10 @@ class Scheduler:
             epoch = self._table_epoch if self._table_epoch is not None else self.epoch
         return None if epoch is None else entry.policy_at(epoch)
 
+    def implements(self, hook_name: str) -> bool:
+        """True when a plugin scheduled under a policy implements ``hook_name`` (auto-loaded ones aside)."""
+        return any(entry.policies is not None and hook_name in entry.impls for entry in self._entries)
+
     def plugins(self) -> dict[str, Any]:
         """Every registered plugin by its registration name (auto-loaded ones as ``hookprune:NAME``)."""
         return {entry.name: entry.plugin for entry in self._entries}

@@ -23,7 +23,7 @@ from typing import Any
 import hookprune
 import lightning.pytorch as pl
 import torch
-from hookprune import CompressionScheduler, LRPolicy
+from hookprune import CompressionScheduler
 from hookprune import knowledge_distillation as kd
 from lightning.pytorch.callbacks import Callback
 
@@ -79,7 +79,7 @@ class HookpruneCallback(Callback):
         if self.teacher is not None:
             self.teacher.to(pl_module.device)
         sched = hookprune.load(self.schedule, model, trainer.optimizers[0], teacher=self.teacher)
-        if trainer.lr_scheduler_configs and any(isinstance(p, LRPolicy) for p in sched.sched_metadata):
+        if trainer.lr_scheduler_configs and any(policy.kind == "lr_scheduler" for policy in sched.scheduled):
             raise HookpruneSetupError(
                 "the schedule has lr_schedulers and configure_optimizers() returns an LR scheduler too: both would "
                 "set the learning rate; keep one of them")

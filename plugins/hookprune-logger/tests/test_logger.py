@@ -83,7 +83,7 @@ def train(tmp_path: Path, digits) -> tuple[hookprune.CompressionScheduler, dict]
     path = tmp_path / "schedule.yaml"
     path.write_text(SCHEDULE)
     sched = hookprune.load(path, model, optimizer)
-    assert hookprune_logger.plugin in sched.pm.get_plugins(), "the logger is not auto-loaded: is it installed?"
+    assert hookprune_logger.plugin in sched.plugins().values(), "the logger is not auto-loaded: is it installed?"
     seen: dict = {"minibatches": {}, "epochs": {}}
     epoch_lr: list[float] = []
     losses: list[float] = []
@@ -248,7 +248,7 @@ def test_unconfigured_logger_imports_no_tensorboard(tmp_path):
         "model = create_model('lenet300_100', input_features=64)\n"
         "sched = hookprune.CompressionScheduler(model)\n"
         "import hookprune_logger\n"
-        "assert hookprune_logger.plugin in sched.pm.get_plugins()\n"
+        "assert hookprune_logger.plugin in sched.plugins().values()\n"
         "sched.fire('on_epoch_begin', epoch=0)\n"
         "sched.fire('on_epoch_end', epoch=0)\n"
         "print(sorted(m for m in sys.modules if 'tensorboard' in m))\n"

@@ -12,9 +12,8 @@ from typing import Any, Literal
 
 import torch
 
-from hookprune import hookimpl
-from hookprune.pruning.base import ArgumentError, OwnLevel
-from hookprune.selection import global_keep_masks, level_keep_mask
+from hookprune import ArgumentError, global_keep_masks, hookimpl, level_keep_mask
+from hookprune.pruning.base import OwnLevel
 
 __all__ = ["SNIPPruner", "Scope"]
 

@@ -286,6 +286,8 @@ def test_policy_levels_do_not_apply(tmp_path, digits):
     path = tmp_path / "levels.yaml"
     path.write_text(SCHEDULE.format(sparsity=0.5, scope="layer", batches=1).replace(
         "      instance_name: snip\n", "      instance_name: snip\n      args: {levels: {fc1.weight: 0.3}}\n"))
-    sched = hookprune.load(path, model, torch.optim.SGD(model.parameters(), lr=LR))
-    with pytest.raises(ValueError, match="SNIPPruner 'snip' takes its level from 'sparsity' and 'scope'"):
-        sched.fire("on_epoch_begin", epoch=0)
+    with pytest.raises(hookprune.ScheduleError) as err:
+        hookprune.load(path, model, torch.optim.SGD(model.parameters(), lr=LR))
+    assert str(err.value).startswith(f"{path}:")
+    assert str(err.value).endswith(": policy for 'snip': SNIPPruner 'snip' takes its level from 'sparsity' and "
+                                   "'scope'; a policy's 'levels' does not apply")

@@ -22,9 +22,8 @@ from typing import Any
 
 import hookprune
 import torch
-from hookprune import CompressionScheduler, LRPolicy
+from hookprune import CompressionScheduler
 from hookprune import knowledge_distillation as kd
-from hookprune.hookspecs import PROJECT
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -46,11 +45,6 @@ class ScheduleOwnedLR(LRScheduler):
     def get_lr(self) -> list[float]:
         """The rates the optimizer has now."""
         return [group["lr"] for group in self.optimizer.param_groups]
-
-
-def _adds_loss_terms(obj: Any) -> bool:
-    hook = getattr(obj, "before_backward", None)
-    return hasattr(hook, f"{PROJECT}_impl") or callable(getattr(obj, "before_backward_pass", None))
 
 
 class HookpruneCallback(TrainerCallback):
@@ -115,9 +109,8 @@ class HookpruneCallback(TrainerCallback):
                 self.teacher.to(first.device)
         sched = hookprune.load(self.schedule, target, optimizer, teacher=self.teacher)
         self.scheduler, self._model = sched, target
-        policies = list(sched.sched_metadata)
-        self.sets_learning_rate = any(isinstance(p, LRPolicy) for p in policies)
-        self.adds_loss_terms = any(_adds_loss_terms(p) for p in policies)
+        self.sets_learning_rate = any(policy.kind == "lr_scheduler" for policy in sched.scheduled)
+        self.adds_loss_terms = sched.implements("before_backward")
         return sched
 
     def resume_from(self, checkpoint_dir: str | os.PathLike[str]) -> None:
