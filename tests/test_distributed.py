@@ -6,7 +6,6 @@ The unit tests start two gloo processes on the CPU; the example runs under ``tor
 from __future__ import annotations
 
 import gc
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 import hookprune
 from hookprune import distributed, hookimpl, models
-from hookprune._engine.registry import DISABLE_AUTOLOAD_ENV
 from hookprune.testing import random_batches, train
 from tests.test_compress_classifier import AGP, app, error_line, final_state
 
@@ -239,11 +237,7 @@ def observers_that_never_set_masks(rank: int, folder: Path) -> None:
     for observer in (Observer(), UndeclaredObserver()):
         model = DistributedDataParallel(lenet())
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        os.environ[DISABLE_AUTOLOAD_ENV] = "1"  # only the observer under test, whatever else is installed
-        try:
-            sched = hookprune.build(SCHEDULE, model, optimizer)
-        finally:
-            del os.environ[DISABLE_AUTOLOAD_ENV]
+        sched = hookprune.build(SCHEDULE, model, optimizer)   # no auto-loaded plugin: see tests/conftest.py
         sched.add_policy(observer, starting_epoch=0, ending_epoch=5)
         train(sched, model, optimizer, shard(rank, batches=3), epochs=5)
         distributed.verify_masks(sched)

@@ -16,8 +16,7 @@ import hookprune
 from hookprune import hookimpl
 from hookprune._engine.registry import PLUGINS_GROUP
 from hookprune._engine.windows import Window
-from hookprune.testing import EventRecorder
-from tests.loops import train
+from hookprune.testing import EventRecorder, random_batches, train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = {"epoch": 0, "minibatch_id": 0, "minibatches_per_epoch": 1}
@@ -224,5 +223,5 @@ def test_built_in_and_third_party_classes_reach_hooks_the_same_way(lenet):
     agp = sched.instances["agp"]
     assert list(sched.plugins().values()) == [agp]
     assert sched.policy_of(agp, 0).kind == "pruner"
-    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), epochs=3, batches=1)
+    train(sched, lenet, torch.optim.SGD(lenet.parameters(), lr=0.1), random_batches(1), epochs=3)
     assert int((lenet.fc1.weight == 0).sum()) == int(0.5 * lenet.fc1.weight.numel())

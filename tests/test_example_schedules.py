@@ -278,7 +278,7 @@ def test_qat_examples_evaluate_with_weights_of_their_bit_width(path):
 def test_kd_example_distils_every_step_from_the_command_lines_teacher():
     s = setup(by_name("lenet300_100.kd.yaml"))
     assert s.args.kd_teacher == "simplenet_mnist"
-    (distiller,) = [p for p in s.sched.sched_metadata if isinstance(p, kd.KnowledgeDistillationPolicy)]
+    (distiller,) = kd.distillers_of(s.sched)
     assert distiller.teacher is s.teacher
     assert (distiller.temperature, distiller.loss_wts) == (4.0, kd.DistillationLossWeights(0.7, 0.3, 0.0))
     before = {n: p.detach().clone() for n, p in s.teacher.named_parameters()}
