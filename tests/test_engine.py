@@ -75,7 +75,8 @@ def test_the_policy_an_instance_acts_under_is_the_one_covering_the_epoch(lenet):
         sched.fire("on_epoch_begin", epoch=epoch)
     assert watcher.seen == [(0, 0, {"tag": "a"}), (1, 1, {"tag": "b"}), (2, 0, {"tag": "a"})]
     assert sched.policy_of(watcher, 3) is None
-    with pytest.raises(hookprune.ArgumentError, match=r"unknown policy arg 'tg' \(did you mean 'tag'\?\); it takes: tag"):
+    with pytest.raises(hookprune.ArgumentError,
+                       match=r"unknown policy arg 'tg' \(did you mean 'tag'\?\); it takes: tag"):
         sched.add_policy(watcher, epochs=[5], args={"tg": "c"})
 
 
