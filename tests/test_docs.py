@@ -7,9 +7,11 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import hookprune
 from hookprune import hookspecs
 from hookprune.models import create_model
 from hookprune.testing import random_batches
@@ -82,3 +84,20 @@ def test_the_readmes_hook_table_is_the_hook_specification():
                     if hasattr(f, f"{hookspecs.PROJECT}_spec")), key=lambda f: f.__code__.co_firstlineno)
     assert len(specs) == 6
     assert readme_hook_table() == [(f.__name__, list(inspect.signature(f).parameters)) for f in specs]
+
+
+def test_the_readmes_plugin_example_prunes_exactly_as_it_says(lenet):
+    blocks = re.findall(r"^```python\n(.*?)^```$", section("Writing and shipping a plugin"), re.M | re.S)
+    (example,) = [block for block in blocks if "class MagnitudeOnce" in block]
+    names: dict[str, object] = {}
+    exec(compile(example, str(README), "exec"), names)
+    pruner = names["MagnitudeOnce"](name="once", weights=["fc1.weight", "fc3.weight"], sparsity=0.25)
+    sched = hookprune.CompressionScheduler(lenet)
+    sched.add_policy(pruner, epochs=[0])
+    sched.fire("on_epoch_begin", epoch=0)
+    sched.fire("on_minibatch_begin", epoch=0, minibatch_id=0, minibatches_per_epoch=1)
+    for name, param in (("fc1.weight", lenet.fc1.weight), ("fc3.weight", lenet.fc3.weight)):
+        assert int((param == 0).sum()) == int(0.25 * param.numel()), name
+    assert int((lenet.fc2.weight == 0).sum()) == 0
+    with pytest.raises(hookprune.ArgumentError, match=r"'sparsity' must be within \[0, 1\), got 1.5"):
+        names["MagnitudeOnce"](name="bad", weights=["fc1.weight"], sparsity=1.5)
