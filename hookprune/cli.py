@@ -46,8 +46,8 @@ def _check(args: argparse.Namespace) -> int:
     except Exception as exc:  # a third-party class failing in its constructor, say
         print(f"{args.schedule}: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    epochs = sorted(sched.policies)
-    span = f"epochs {epochs[0]}..{epochs[-1]}" if epochs else "no policies"
+    epochs = sched.epoch_span()
+    span = f"epochs {epochs[0]}..{epochs[1]}" if epochs else "no policies"
     count = len(sched.instances)
     print(f"{args.schedule}: ok ({count} instance{'' if count == 1 else 's'}, {span}, arch {args.arch})")
     return 0

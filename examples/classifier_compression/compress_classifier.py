@@ -267,7 +267,8 @@ class Run:
                              frequency=1, name="knowledge distillation (--kd-teacher)")
             self.say(f"distilling from {args.kd_teacher} from epoch {args.kd_start_epoch}: T={args.kd_temp}, "
                      f"weights distill {args.kd_distill_wt}, student {args.kd_student_wt}")
-        last = max(sched.policies, default=None)
+        span = sched.epoch_span()
+        last = None if span is None else span[1]
         if last is not None and last >= args.epochs and not (args.summary or args.evaluate or args.sense):
             self.say(f"note: the schedule acts until epoch {last}, training stops after epoch {args.epochs - 1}")
         return sched

@@ -132,6 +132,12 @@ class Scheduler:
             epoch = self._table_epoch if self._table_epoch is not None else self.epoch
         return None if epoch is None else entry.policy_at(epoch)
 
+    def epoch_span(self) -> tuple[int, int] | None:
+        """The first and the last epoch any policy covers, or None without policies (read from the windows)."""
+        if not self._policies:
+            return None
+        return (min(p.window.first for p in self._policies), max(p.window.last for p in self._policies))
+
     def implements(self, hook_name: str) -> bool:
         """True when a plugin scheduled under a policy implements ``hook_name`` (auto-loaded ones aside)."""
         return any(entry.policies is not None and hook_name in entry.impls for entry in self._entries)
