@@ -23,7 +23,8 @@ DETECTION = ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet")
 
 
 def last_epoch(sched: hookprune.CompressionScheduler) -> int:
-    return max(sched.policies, default=-1) + 1
+    span = sched.epoch_span()
+    return 0 if span is None else span[1] + 1
 
 
 def make_model(arch: str) -> torch.nn.Module:
@@ -62,12 +63,12 @@ class Target:
 def scheduled_pruners(sched: hookprune.CompressionScheduler) -> dict[int, tuple[Any, int]]:
     """id(pruner) -> (pruner, last epoch any of its policies covers)."""
     last: dict[int, tuple[Any, int]] = {}
-    for epoch, policies in sched.policies.items():
-        for policy in policies:
-            pruner = getattr(policy, "pruner", None)
-            if pruner is not None:
-                previous = last.get(id(pruner), (pruner, -1))[1]
-                last[id(pruner)] = (pruner, max(previous, epoch))
+    instances = {id(instance) for instance in sched.instances.values()}
+    for policy in sched.scheduled:
+        pruner = policy.instance
+        if policy.kind == "pruner" and id(pruner) in instances:
+            previous = last.get(id(pruner), (pruner, -1))[1]
+            last[id(pruner)] = (pruner, max(previous, policy.window.last))
     return last
 
 
