@@ -15,6 +15,7 @@ import functools
 import inspect
 import os
 import sys
+import types
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -188,20 +189,35 @@ def autoloaded_plugins() -> tuple[LoadedPlugin, ...]:
     return tuple(loaded)
 
 
-def hookimpl_names(obj: Any) -> list[str]:
-    """The attribute names of ``obj`` marked with ``@hookprune.hookimpl``."""
-    marker = f"{hookspecs.PROJECT}_impl"
-    names = []
-    for attr in dir(obj):
+_MARKER = f"{hookspecs.PROJECT}_impl"
+
+
+def _marked(obj: Any, attrs: Any) -> set[str]:
+    names = set()
+    for attr in attrs:
         if attr.startswith("__"):
             continue
         try:
             value = getattr(obj, attr)
         except Exception:
             continue
-        if callable(value) and hasattr(value, marker):
-            names.append(attr)
+        if callable(value) and hasattr(value, _MARKER):
+            names.add(attr)
     return names
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_hookimpl_names(cls: type) -> frozenset[str]:
+    """The attribute names of ``cls`` marked with ``@hookprune.hookimpl`` (looked up once per class)."""
+    return frozenset(_marked(cls, dir(cls)))
+
+
+def hookimpl_names(obj: Any) -> list[str]:
+    """The attribute names of ``obj`` marked with ``@hookprune.hookimpl``, in ``dir()`` order: its class's (found
+    once per class) and its own."""
+    if isinstance(obj, type | types.ModuleType) or not hasattr(obj, "__dict__"):
+        return sorted(_marked(obj, dir(obj)))
+    return sorted(_class_hookimpl_names(type(obj)) | _marked(obj, list(vars(obj))))
 
 
 def has_hookimpls(obj: Any) -> bool:

@@ -34,7 +34,7 @@ from hookprune._engine.registry import (
     make_plugin_manager,
     validate_plugin,
 )
-from hookprune._engine.windows import Window
+from hookprune._engine.windows import Window, WindowIndex
 from hookprune.contract import LossTerm, Policy, class_setting
 from hookprune.errors import ScheduleError, suggest
 from hookprune.events import EVENT_ARGS, Event
@@ -68,12 +68,10 @@ class _Entry:
     sets_masks: bool = True
     idle_hooks: Callable[[Policy], Any] | None = None
     impls: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], int]]] = field(default_factory=dict)
+    windows: WindowIndex[Policy] = field(default_factory=WindowIndex)
 
     def policy_at(self, epoch: int) -> Policy | None:
-        for policy in self.policies or ():
-            if epoch in policy.window:
-                return policy
-        return None
+        return self.windows.at(epoch)
 
 
 class Scheduler:
@@ -125,12 +123,17 @@ class Scheduler:
     def policy_of(self, instance: object, epoch: int | None = None) -> Policy | None:
         """The policy under which ``instance`` (a scheduled plugin or the object it adapts) acts in ``epoch``
         (default: the epoch being fired), or None outside its epochs."""
+        if epoch is None or epoch == self._table_epoch:
+            table = self._tables.get(self._table_epoch) if self._table_epoch is not None else None
+            if table is not None:
+                found = table["policies"].get(id(instance))
+                if found is not None or epoch is not None:
+                    return found
+            epoch = self.epoch if epoch is None else epoch
         entry = self._by_plugin.get(id(instance)) or self._by_instance.get(id(instance))
-        if entry is None:
+        if entry is None or epoch is None:
             return None
-        if epoch is None:
-            epoch = self._table_epoch if self._table_epoch is not None else self.epoch
-        return None if epoch is None else entry.policy_at(epoch)
+        return entry.policy_at(epoch)
 
     def epoch_span(self) -> tuple[int, int] | None:
         """The first and the last epoch any policy covers, or None without policies (read from the windows)."""
@@ -185,11 +188,11 @@ class Scheduler:
         if entry is not None:
             if entry.policies is None:
                 raise ValueError(f"{label}: {entry.label} is an auto-loaded hook plugin, heard in every epoch")
-            for other in entry.policies:
-                if other.window.intersects(window):
-                    raise ValueError(f"{label}: its policies #{other.index + 1} and #{policy.index + 1} both cover "
-                                     f"epoch {next(e for e in window if e in other.window)}; give the policies of "
-                                     "one instance disjoint epochs")
+            conflict = entry.windows.conflict(window)
+            if conflict is not None:
+                epoch, other = conflict
+                raise ValueError(f"{label}: its policies #{other.index + 1} and #{policy.index + 1} both cover "
+                                 f"epoch {epoch}; give the policies of one instance disjoint epochs")
         check = getattr(plugin, "check_policy", None)
         if callable(check):
             check(policy)
@@ -202,6 +205,7 @@ class Scheduler:
                 attach(self)
         assert entry.policies is not None
         entry.policies.append(policy)
+        entry.windows.add(window, policy)
         self._policies.append(policy)
         self._tables.clear()
         return policy
@@ -263,7 +267,13 @@ class Scheduler:
                 for entry, policy in ordered]
         # per hook, whether any of its calls may assign masks (distributed training then syncs them)
         sets_masks: dict[str, bool] = {}
-        table: dict[str, Any] = {"sets_masks": sets_masks}
+        # each active plugin's policy in this epoch, by the plugin's id and by its instance's
+        policies: dict[int, Policy] = {}
+        for entry, policy in scheduled:
+            assert policy is not None
+            policies[id(entry.plugin)] = policy
+            policies.setdefault(id(policy.instance), policy)
+        table: dict[str, Any] = {"sets_masks": sets_masks, "policies": policies}
         for hook_name in HOOK_NAMES:
             calls = [(rank, fn, argnames, entry) for (entry, _), skip in zip(ordered, idle, strict=True)
                      if hook_name not in skip for fn, argnames, rank in entry.impls.get(hook_name, ())]
