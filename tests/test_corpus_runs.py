@@ -101,7 +101,8 @@ def target_of(pruner: Any, name: str, shape: torch.Size) -> Target | None:
         return Target(name, numel - int(level * numel)) if level else None
     if name not in getattr(pruner, "params_names", ()) or getattr(pruner, "block_shape", None):
         return None
-    level = getattr(pruner, "final_sparsity", getattr(pruner, "desired_sparsity", None))
+    level = next((v for v in (getattr(pruner, a, None) for a in ("final_sparsity", "desired_sparsity"))
+                  if v is not None), None)
     dim = {"Filters": 0, "3D": 0, "Channels": 1}.get(getattr(pruner, "group_type", ""))
     if level is None or dim is None or type(pruner).__name__.startswith(("Random", "Bernoulli")):
         return None
@@ -112,7 +113,7 @@ def target_of(pruner: Any, name: str, shape: torch.Size) -> Target | None:
 
 def is_level_based(pruner: Any) -> bool:
     """A pruner that names an exact final level (not a random or threshold one)."""
-    named = any(hasattr(pruner, a) for a in ("final_sparsity", "desired_sparsity", "levels"))
+    named = any(getattr(pruner, a, None) is not None for a in ("final_sparsity", "desired_sparsity", "levels"))
     return named and not type(pruner).__name__.startswith(("Random", "Bernoulli"))
 
 
