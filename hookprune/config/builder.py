@@ -29,7 +29,7 @@ from hookprune.compat.distiller import (
     RegularizationPolicy,
     is_distiller_policy,
 )
-from hookprune.config import argtypes
+from hookprune.config import argtypes, lr_arguments
 from hookprune.config.reader import key_where_of, read_schedule, where_of
 from hookprune.errors import ScheduleError, Where, suggest, yaml_kind
 from hookprune.pruning.base import ArgumentError
@@ -239,6 +239,8 @@ class _Builder:
                 f"{label} is missing required argument{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(repr(m) for m in missing)}")
         try:
+            if section == "lr_schedulers":
+                lr_arguments.check(cls, kwargs)
             return cls(**kwargs)
         except ArgumentError as exc:
             raise self._argument_where(spec, exc.argument, self.data[section], name).error(
