@@ -194,6 +194,8 @@ READER_CASES = {
     "list-as-a-key": ("[a, b]: 1\n", "1:1: a mapping key must be a plain value, not a list"),
     "mapping-as-a-key": ("{a: 1}: 2\n", "1:1: a mapping key must be a plain value, not a mapping"),
     "complex-key": ("? - a\n  - b\n: 1\n", "1:3: a mapping key must be a plain value, not a list"),
+    "long-duplicate-key": ("k" * 1000 + ": 1\n" + "k" * 1000 + ": 2\n",
+                           f"2:1: duplicate key '{'k' * 40}...' with a different value (first given at line 1)"),
     "two-documents": ("a: 1\n---\nb: 2\n", "2:1: invalid YAML: expected a single document in the stream: "
                                            "but found another document"),
 }
@@ -427,10 +429,10 @@ PYTHON_ONLY = ("LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler
 
 
 def test_every_registered_lr_scheduler_has_rules() -> None:
-    registered = {name for name, (provider, *_) in registry.class_providers().items()
+    registered = {provider.value: name for name, (provider, *_) in registry.class_providers().items()
                   if provider.value.split(":")[0] in ("torch.optim.lr_scheduler", "hookprune.lr")}
-    assert registered == {cls.__name__ for cls in lr_arguments.RULES}
-    assert registered == set(VALID_LR_SETTINGS) | set(PYTHON_ONLY)
+    assert set(registered) == set(lr_arguments.RULES)
+    assert set(registered.values()) == set(VALID_LR_SETTINGS) | set(PYTHON_ONLY)
 
 
 @pytest.mark.parametrize("class_name", list(VALID_LR_SETTINGS))

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from torch.optim import lr_scheduler as torch_lr
-
-from hookprune import lr
 from hookprune.pruning.base import ArgumentError
 
 #: longest excerpt of a value quoted in an error
@@ -109,40 +106,41 @@ LR_LAMBDA = from_code("a Python function of the epoch (or a list of them)")
 SCHEDULERS = from_code("a list of LR scheduler objects",
                        instead="declare each scheduler under 'lr_schedulers' with its own policy and epochs")
 
-#: argument rules of every LR scheduler class hookprune registers, by class
-RULES: dict[type, dict[str, Rule]] = {
-    torch_lr.LambdaLR: {"lr_lambda": LR_LAMBDA},
-    torch_lr.MultiplicativeLR: {"lr_lambda": LR_LAMBDA},
-    torch_lr.StepLR: {"step_size": POSITIVE_INT, "gamma": POSITIVE_NUMBER},
-    torch_lr.MultiStepLR: {"milestones": MILESTONES, "gamma": POSITIVE_NUMBER},
-    torch_lr.ConstantLR: {"factor": within(0, 1, low_open=True), "total_iters": POSITIVE_INT},
-    torch_lr.LinearLR: {"start_factor": within(0, 1, low_open=True), "end_factor": within(0, 1),
-                        "total_iters": POSITIVE_INT},
-    torch_lr.ExponentialLR: {"gamma": POSITIVE_NUMBER},
-    torch_lr.SequentialLR: {"schedulers": SCHEDULERS, "milestones": MILESTONES},
-    torch_lr.CosineAnnealingLR: {"T_max": POSITIVE_INT, "eta_min": NON_NEGATIVE_NUMBER},
-    torch_lr.ChainedScheduler: {"schedulers": SCHEDULERS},
-    torch_lr.ReduceLROnPlateau: {
+#: argument rules of every LR scheduler class hookprune registers, by its ``module:Class`` (the entry
+#: point's value), so that naming a class here imports nothing
+RULES: dict[str, dict[str, Rule]] = {
+    "torch.optim.lr_scheduler:LambdaLR": {"lr_lambda": LR_LAMBDA},
+    "torch.optim.lr_scheduler:MultiplicativeLR": {"lr_lambda": LR_LAMBDA},
+    "torch.optim.lr_scheduler:StepLR": {"step_size": POSITIVE_INT, "gamma": POSITIVE_NUMBER},
+    "torch.optim.lr_scheduler:MultiStepLR": {"milestones": MILESTONES, "gamma": POSITIVE_NUMBER},
+    "torch.optim.lr_scheduler:ConstantLR": {"factor": within(0, 1, low_open=True), "total_iters": POSITIVE_INT},
+    "torch.optim.lr_scheduler:LinearLR": {
+        "start_factor": within(0, 1, low_open=True), "end_factor": within(0, 1), "total_iters": POSITIVE_INT},
+    "torch.optim.lr_scheduler:ExponentialLR": {"gamma": POSITIVE_NUMBER},
+    "torch.optim.lr_scheduler:SequentialLR": {"schedulers": SCHEDULERS, "milestones": MILESTONES},
+    "torch.optim.lr_scheduler:CosineAnnealingLR": {"T_max": POSITIVE_INT, "eta_min": NON_NEGATIVE_NUMBER},
+    "torch.optim.lr_scheduler:ChainedScheduler": {"schedulers": SCHEDULERS},
+    "torch.optim.lr_scheduler:ReduceLROnPlateau": {
         "mode": one_of("min", "max"), "factor": within(0, 1, low_open=True, high_open=True),
         "patience": NON_NEGATIVE_INT, "threshold": NON_NEGATIVE_NUMBER, "threshold_mode": one_of("rel", "abs"),
         "cooldown": NON_NEGATIVE_INT, "min_lr": LEARNING_RATE, "eps": NON_NEGATIVE_NUMBER},
-    torch_lr.CyclicLR: {
+    "torch.optim.lr_scheduler:CyclicLR": {
         "base_lr": LEARNING_RATE, "max_lr": LEARNING_RATE, "step_size_up": POSITIVE_INT,
         "step_size_down": optional(POSITIVE_INT), "mode": one_of("triangular", "triangular2", "exp_range"),
         "gamma": POSITIVE_NUMBER, "scale_fn": from_code("a Python function (or null)", null_allowed=True),
         "scale_mode": one_of("cycle", "iterations"), "cycle_momentum": BOOLEAN,
         "base_momentum": per_group(NON_NEGATIVE_NUMBER), "max_momentum": per_group(NON_NEGATIVE_NUMBER)},
-    torch_lr.CosineAnnealingWarmRestarts: {
+    "torch.optim.lr_scheduler:CosineAnnealingWarmRestarts": {
         "T_0": POSITIVE_INT, "T_mult": POSITIVE_INT, "eta_min": NON_NEGATIVE_NUMBER},
-    torch_lr.OneCycleLR: {
+    "torch.optim.lr_scheduler:OneCycleLR": {
         "max_lr": LEARNING_RATE, "total_steps": optional(POSITIVE_INT), "epochs": optional(POSITIVE_INT),
         "steps_per_epoch": optional(POSITIVE_INT), "pct_start": within(0, 1, decimal=True),
         "anneal_strategy": one_of("cos", "linear"), "cycle_momentum": BOOLEAN,
         "base_momentum": per_group(NON_NEGATIVE_NUMBER), "max_momentum": per_group(NON_NEGATIVE_NUMBER),
         "div_factor": POSITIVE_NUMBER, "final_div_factor": POSITIVE_NUMBER, "three_phase": BOOLEAN},
-    lr.PolynomialLR: {"T_max": optional(POSITIVE_INT), "total_iters": optional(POSITIVE_INT),
-                      "power": NON_NEGATIVE_NUMBER},
-    lr.MultiStepMultiGammaLR: {"milestones": MILESTONES, "gammas": POSITIVE_NUMBERS},
+    "hookprune.lr:PolynomialLR": {
+        "T_max": optional(POSITIVE_INT), "total_iters": optional(POSITIVE_INT), "power": NON_NEGATIVE_NUMBER},
+    "hookprune.lr:MultiStepMultiGammaLR": {"milestones": MILESTONES, "gammas": POSITIVE_NUMBERS},
 }
 
 
@@ -165,17 +163,18 @@ def _one_cycle(arguments: Mapping[str, Any]) -> None:
 
 
 #: checks across a class's arguments, run once each argument passed its own rule
-TOGETHER: dict[type, Callable[[Mapping[str, Any]], None]] = {
-    lr.PolynomialLR: _polynomial,
-    lr.MultiStepMultiGammaLR: _multi_gamma,
-    torch_lr.OneCycleLR: _one_cycle,
+TOGETHER: dict[str, Callable[[Mapping[str, Any]], None]] = {
+    "hookprune.lr:PolynomialLR": _polynomial,
+    "hookprune.lr:MultiStepMultiGammaLR": _multi_gamma,
+    "torch.optim.lr_scheduler:OneCycleLR": _one_cycle,
 }
 
 
 def check(cls: type, arguments: Mapping[str, Any]) -> None:
     """Raise :class:`ArgumentError` for the first of ``arguments`` that ``cls`` (an LR scheduler class
-    of :data:`RULES`) cannot take; classes not listed there are left to their own checks."""
-    rules = RULES.get(cls)
+    of :data:`RULES`) cannot take; other classes, subclasses included, are left to their own checks."""
+    key = f"{cls.__module__}:{cls.__qualname__}"
+    rules = RULES.get(key)
     if rules is None:
         return
     for argument, value in arguments.items():
@@ -183,5 +182,5 @@ def check(cls: type, arguments: Mapping[str, Any]) -> None:
             LAST_EPOCH.check(argument, value)
         elif argument in rules:
             rules[argument].check(argument, value)
-    if cls in TOGETHER:
-        TOGETHER[cls](arguments)
+    if key in TOGETHER:
+        TOGETHER[key](arguments)

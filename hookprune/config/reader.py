@@ -111,8 +111,12 @@ def _where_in_text(text: str, position: int, path: str | None) -> Where:
     return Where(path, breaks + 1, position - start + 1)
 
 
+def _shorten(text: str) -> str:
+    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
+
+
 def _excerpt(text: str) -> str:
-    return repr(text if len(text) <= _EXCERPT else text[:_EXCERPT] + "...")
+    return repr(_shorten(text))
 
 
 def _tag_name(tag: str) -> str:
@@ -256,9 +260,10 @@ def _construct_mapping(loader: _PlainConstructor, node: yaml.MappingNode) -> Loc
             merged.discard(key)
         elif key in result:
             first = result.key_where[key]
+            shown = _shorten(str(key))
             if value != result[key]:
-                raise at.error(f"duplicate key '{key}' with a different value (first given at line {first.line})")
-            warnings.warn(ScheduleWarning(f"{at.path or '<schedule>'}:{at.line}:{at.col}: key '{key}' repeats "
+                raise at.error(f"duplicate key '{shown}' with a different value (first given at line {first.line})")
+            warnings.warn(ScheduleWarning(f"{at.path or '<schedule>'}:{at.line}:{at.col}: key '{shown}' repeats "
                                           f"line {first.line} with the same value"), stacklevel=2)
             continue
         result[key] = value
@@ -284,8 +289,8 @@ def _construct_int(loader: _PlainConstructor, node: yaml.ScalarNode) -> int:
         except ValueError:  # digits YAML's pattern admits but int() does not: "0x_", "0b_"
             raise loader._refuse_node(node, f"{_excerpt(text)} is not a valid integer") from None
     if value is None or not INT_RANGE[0] <= value <= INT_RANGE[1]:
-        raise loader._refuse_node(node, f"the integer {_excerpt(text)} does not fit in 64 bits; a schedule's integers "
-                                   f"lie within [{INT_RANGE[0]}, {INT_RANGE[1]}]")
+        raise loader._refuse_node(node, f"the integer {_excerpt(text)} does not fit in 64 bits; a schedule's "
+                                        f"integers lie within [{INT_RANGE[0]}, {INT_RANGE[1]}]")
     return value
 
 
@@ -295,19 +300,20 @@ def _construct_float(loader: _PlainConstructor, node: yaml.ScalarNode) -> float:
     except OverflowError:  # a sexagesimal float ("1:2:3.5") whose place values outgrow a float
         value = math.inf
     if not math.isfinite(value):
-        raise loader._refuse_node(node, f"{_excerpt(loader.construct_scalar(node))} is not a finite number; "
-                                   "a schedule's numbers are finite")
+        raise loader._refuse_node(node, f"{_excerpt(node.value)} is not a finite number; a schedule's numbers "
+                                        "are finite")
     return value
 
 
 def _construct_timestamp(loader: _PlainConstructor, node: yaml.ScalarNode) -> Any:
-    raise loader._refuse_node(node, f"{_excerpt(loader.construct_scalar(node))} reads as a date, which a schedule "
-                               "cannot hold; quote it to keep it as text")
+    raise loader._refuse_node(node, f"{_excerpt(node.value)} reads as a date, which a schedule cannot hold; "
+                                    "quote it to keep it as text")
 
 
 def _construct_other(loader: _PlainConstructor, node: yaml.Node) -> Any:
-    raise loader._refuse_node(node, f"YAML tag '{_tag_name(node.tag)}' is not allowed: a schedule holds only plain "
-                               "values, lists and mappings")
+    """Any tag an implicit resolver added elsewhere might give: refused like an explicit one."""
+    raise loader._refuse_node(node, f"YAML tag '{_tag_name(node.tag)}' is not allowed: a schedule holds only "
+                                    "plain values, lists and mappings")
 
 
 for _tag, _constructor in {
@@ -393,16 +399,16 @@ def read_schedule(schedule: str | os.PathLike[str] | Mapping[str, Any]) -> tuple
     path = os.fspath(schedule)
     try:
         with Path(path).open("rb") as stream:
-            data = stream.read(MAX_SCHEDULE_BYTES + 1)
+            raw = stream.read(MAX_SCHEDULE_BYTES + 1)
     except FileNotFoundError:
         raise Where(path).error("no such schedule file") from None
     except OSError as exc:
         raise Where(path).error(f"cannot read the schedule: {exc.strerror}") from None
-    _check_size(data, path)
+    _check_size(raw, path)
     try:
-        text = data.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        prefix = data[:exc.start].decode("utf-8")
+        prefix = raw[:exc.start].decode("utf-8")
         raise _where_in_text(prefix, len(prefix), path).error(
             f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     data = loads(text, path)
