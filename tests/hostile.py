@@ -18,7 +18,7 @@ import yaml
 
 #: policy keys that say when a policy acts
 WINDOW_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
-#: keys whose wrong values still escape the builder as TypeError or ValueError (see AWAITING_ENGINE_REWRITE)
+#: keys whose wrong values still escape the builder as TypeError or ValueError (see STILL_ESCAPING)
 UNCHECKED_KEYS = ("instance_name", "keep_mask")
 
 Operator = Callable[[random.Random, str], bytes]
@@ -258,13 +258,12 @@ OPERATORS: dict[str, Operator] = {
     "huge": _huge,
 }
 
-#: Mutations that still escape or run long in code being rewritten: epoch windows built eagerly (an
-#: ``ending_epoch`` near 2**63 costs memory and time in proportion), instance names used as dict keys
-#: before their type is checked (a list or mapping as ``instance_name`` raises TypeError), a regularizer
-#: policy's ``keep_mask`` checked outside the builder (ValueError). Move each into OPERATORS, and drop
-#: its keys from WINDOW_KEYS' and UNCHECKED_KEYS' exclusions, once the engine's lazy windows and the
-#: builder's checks land.
-AWAITING_ENGINE_REWRITE: dict[str, Operator] = {
+#: Mutations that still escape or run long: epoch windows are built eagerly (an ``ending_epoch`` near
+#: 2**63 costs memory and time in proportion), instance names are used as dict keys before their type is
+#: checked (a list or mapping as ``instance_name`` raises TypeError), and a regularizer policy's
+#: ``keep_mask`` is checked outside the builder (ValueError). Once windows are lazy and the builder checks
+#: these values, move each into OPERATORS and drop the exclusions of WINDOW_KEYS and UNCHECKED_KEYS.
+STILL_ESCAPING: dict[str, Operator] = {
     "extreme-window": _tree_mutation(_extreme_number, skip=lambda c, k: not _is_window(c, k)),
     "wrong-type-window": _tree_mutation(_wrong_type, skip=lambda c, k: not _is_window(c, k)),
     "wrong-type-unchecked": _tree_mutation(_wrong_type, skip=lambda c, k: not _is_unchecked(c, k)),

@@ -74,7 +74,7 @@ def one_of(*choices: str) -> Rule:
 def per_group(rule: Rule) -> Rule:
     """``rule``'s value, or a list of them, one per parameter group."""
     return Rule(f"{rule.description}, or a list of them (one per parameter group)",
-                lambda v: rule.accepts(v) or (isinstance(v, list) and bool(v) and all(map(rule.accepts, v))))
+                lambda v: rule.accepts(v) or (isinstance(v, list | tuple) and bool(v) and all(map(rule.accepts, v))))
 
 
 def optional(rule: Rule) -> Rule:
@@ -97,10 +97,10 @@ BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
 #: the epoch a resumed scheduler last completed; -1 for a fresh one
 LAST_EPOCH = Rule("an integer >= -1", lambda v: _is_int(v) and v >= -1)
 MILESTONES = Rule("a list of strictly increasing integers >= 0",
-                  lambda v: isinstance(v, list) and all(_is_int(m) and m >= 0 for m in v)
+                  lambda v: isinstance(v, list | tuple) and all(_is_int(m) and m >= 0 for m in v)
                   and all(a < b for a, b in pairwise(v)))
 POSITIVE_NUMBERS = Rule("a list of positive numbers",
-                        lambda v: isinstance(v, list) and all(POSITIVE_NUMBER.accepts(g) for g in v))
+                        lambda v: isinstance(v, list | tuple) and all(POSITIVE_NUMBER.accepts(g) for g in v))
 LEARNING_RATE = per_group(NON_NEGATIVE_NUMBER)
 LR_LAMBDA = from_code("a Python function of the epoch (or a list of them)")
 SCHEDULERS = from_code("a list of LR scheduler objects",
