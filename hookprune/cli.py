@@ -43,8 +43,9 @@ def _check(args: argparse.Namespace) -> int:
     except ScheduleError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except Exception as exc:  # a third-party class failing in its constructor, say
-        print(f"{args.schedule}: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+    except Exception as exc:  # a failure no check foresaw (MemoryError, RecursionError...): still one line
+        detail = " ".join(str(exc).split())
+        print(f"{args.schedule}: {type(exc).__name__}{': ' + detail if detail else ''}", file=sys.stderr)
         return 1
     epochs = sched.epoch_span()
     span = f"epochs {epochs[0]}..{epochs[1]}" if epochs else "no policies"

@@ -6,13 +6,20 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+#: A message longer than this many characters (one quoting a huge value, say) is cut there, so that the
+#: line stays readable.
+MAX_MESSAGE_CHARS = 1000
+
 
 class ScheduleError(ValueError):
     """Bad schedule, plugin or argument; ``str(err)`` is one line: ``path:line:col: message``."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  col: int | None = None) -> None:
-        self.message = " ".join(message.split())
+        message = " ".join(message.split())
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS - 3] + "..."
+        self.message = message
         self.path = path
         self.line = line
         self.col = col

@@ -75,9 +75,12 @@ class Case:
 
 AGP_ONE_EPOCH = "    starting_epoch: 0\n    ending_epoch: 10\n    frequency: 2\n"
 
-#: A torch LR scheduler whose constructor raises ZeroDivisionError (step_size_up / total_size).
+#: A torch LR scheduler whose constructor would raise ZeroDivisionError (step_size_up / total_size).
 CYCLIC_LR_ZERO_STEP = variant("    class: ExponentialLR\n    gamma: 0.9",
                               "    class: CyclicLR\n    base_lr: 0.1\n    max_lr: 1.0\n    step_size_up: 0")
+#: A torch LR scheduler whose constructor raises ValueError (one min_lr per parameter group, and there is one).
+PLATEAU_TWO_MIN_LRS = variant("    class: ExponentialLR\n    gamma: 0.9",
+                              "    class: ReduceLROnPlateau\n    min_lr: [0.1, 0.2]")
 
 CASES = [
     # -- YAML reading -------------------------------------------------------------------------
@@ -102,8 +105,21 @@ CASES = [
          5, None, ("invalid YAML",)),
     Case("tab-indentation",
          variant("    initial_sparsity: 0.05", "\tinitial_sparsity: 0.05"),
-         5, 1, ("invalid YAML", "'\\t'")),
-    Case("not-utf8", BASE.encode() + b"# caf\xe9\n", 0, None, ("UTF-8",)),
+         5, 1, ("invalid YAML",), any_of=("'\\t'", "tab character")),
+    Case("not-utf8", BASE.encode() + b"# caf\xe9\n", 23, 6, ("not a UTF-8 text file", "at byte 459")),
+    Case("nul-byte",
+         variant("    final_sparsity: 0.5", "    final_sparsity: 0.5\x00"),
+         6, 24, ("invalid YAML", "U+0000")),
+    Case("alias-bomb",
+         variant("    final_sparsity: 0.5", "    final_sparsity: [&l0 [" + ", ".join(["lol"] * 10) + "], "
+                 + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)) + "]"),
+         6, None, ("more than 200,000 values", "aliases expanded")),
+    Case("deep-nesting",
+         variant("    weights: [features.module.3.weight]", "    weights: " + "[" * 100_000 + "]" * 100_000),
+         7, None, ("nest",)),
+    Case("date",
+         variant("    final_sparsity: 0.5", "    final_sparsity: 2020-01-01"),
+         6, 21, ("'2020-01-01'", "date")),
     # -- top level ----------------------------------------------------------------------------
     Case("unknown-section",
          variant("pruners:\n", "prunners:\n"),
@@ -164,9 +180,12 @@ CASES = [
     Case("lr-scheduler-unknown-kwarg",
          variant("    gamma: 0.9", "    gama: 0.9"),
          11, 5, ("pruning_lr", "ExponentialLR", "'gama'", "'gamma'")),
-    Case("constructor-raises-zero-division",  # the LR scheduler grows by two lines
+    Case("lr-argument-checked-before-the-constructor",  # the LR scheduler grows by two lines
          CYCLIC_LR_ZERO_STEP,
-         9, 3, ("pruning_lr", "CyclicLR")),
+         13, 19, ("pruning_lr", "CyclicLR", "'step_size_up' must be a positive integer, got 0")),
+    Case("constructor-raises",
+         PLATEAU_TWO_MIN_LRS,
+         9, 3, ("lr_schedulers.pruning_lr (ReduceLROnPlateau): expected 1 min_lrs, got 2",)),
     # -- policies -----------------------------------------------------------------------------
     Case("unknown-instance-name",
          variant("instance_name: conv_pruner", "instance_name: conv_prunr"),
@@ -289,7 +308,7 @@ def test_check_reports_one_line(case: Case, tmp_path: Path, capsys: pytest.Captu
 CASES_BY_ID = {c.id: c for c in CASES}
 
 
-@pytest.mark.parametrize("case_id", ["unsafe-tag-object-apply", "misspelled-parameter-flow-list"])
+@pytest.mark.parametrize("case_id", ["unsafe-tag-object-apply", "misspelled-parameter-flow-list", "deep-nesting"])
 def test_subprocess_has_no_traceback(case_id: str, tmp_path: Path) -> None:
     case = CASES_BY_ID[case_id]
     path = write_case(case, tmp_path)
@@ -298,6 +317,24 @@ def test_subprocess_has_no_traceback(case_id: str, tmp_path: Path) -> None:
     assert proc.stdout == ""
     assert_reports(case, path, one_line(proc.stderr))
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("failure", [MemoryError(), RecursionError("maximum recursion depth exceeded"),
+                                     OverflowError("Python int too large to convert to C long")],
+                         ids=["memory", "recursion", "overflow"])
+def test_check_gives_one_line_for_any_failure(failure: Exception, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def build(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr("hookprune.config.builder.build", build)
+    path = tmp_path / "base.yaml"
+    path.write_text(BASE, encoding="utf-8")
+    status, out, err = check_in_process(path, capsys)
+    assert (status, out) == (1, "")
+    detail = f": {failure}" if str(failure) else ""
+    assert one_line(err) == f"{path}: {type(failure).__name__}{detail}"
 
 
 def test_missing_schedule_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -348,13 +385,12 @@ def test_load_raises_the_cli_line(case_id: str, tmp_path: Path, capsys: pytest.C
 
 
 def test_load_wraps_any_constructor_failure(tmp_path: Path, alexnet: torch.nn.Module) -> None:
-    path = tmp_path / "cyclic.yaml"
-    path.write_text(CYCLIC_LR_ZERO_STEP, encoding="utf-8")
+    path = tmp_path / "plateau.yaml"
+    path.write_text(PLATEAU_TWO_MIN_LRS, encoding="utf-8")
     optimizer = torch.optim.SGD(alexnet.parameters(), lr=0.1, momentum=0.9)
     with pytest.raises(hookprune.ScheduleError) as info:
         hookprune.load(path, alexnet, optimizer)
-    assert str(info.value).startswith(f"{path}:9:3: ")
-    assert "pruning_lr" in str(info.value)
+    assert str(info.value) == f"{path}:9:3: lr_schedulers.pruning_lr (ReduceLROnPlateau): expected 1 min_lrs, got 2"
 
 
 def _dict_schedule(**pruner: object) -> dict:

@@ -20,7 +20,7 @@ from hookprune._engine.params import ParamIndex, normalize_name
 from hookprune._engine.scheduler import set_active
 from hookprune._engine.windows import Window
 from hookprune.compat.distiller import PROTOCOL_METHODS, CompressionScheduler, adapt, schedule_instance
-from hookprune.config import argtypes
+from hookprune.config import argtypes, lr_arguments
 from hookprune.config.reader import key_where_of, read_schedule, where_of
 from hookprune.contract import class_setting
 from hookprune.errors import ArgumentError, ScheduleError, Where, suggest, yaml_kind
@@ -220,6 +220,8 @@ class _Builder:
                 f"{label} is missing required argument{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(repr(m) for m in missing)}")
         try:
+            if section == "lr_schedulers":
+                lr_arguments.check(cls, kwargs)
             return cls(**kwargs)
         except ArgumentError as exc:
             raise self._argument_where(spec, exc.argument, self.data[section], name).error(
@@ -364,9 +366,11 @@ class _Builder:
 
     def _check_reference(self, kind: str, name: Any, body: Mapping[str, Any]) -> None:
         section = POLICY_KINDS[kind]
+        at = self.at(body, "instance_name")
+        if not isinstance(name, str):
+            raise at.error(f"'instance_name' must name an instance of '{section}', got {yaml_kind(name)}")
         if name in self.declared and self.declared[name][0] == section:
             return
-        at = self.at(body, "instance_name")
         if name in self.declared:
             raise at.error(f"'{name}' is declared under '{self.declared[name][0]}', but a '{kind}' policy needs "
                            f"an instance from '{section}'")
@@ -428,7 +432,8 @@ class _Builder:
         except ScheduleError:
             raise
         except ArgumentError as exc:
-            at = self.at(raw, exc.argument) if raw is not None and exc.argument in raw else where
+            found = isinstance(raw, Mapping) and exc.argument.partition("[")[0] in raw
+            at = self._argument_where(raw, exc.argument, None, name) if found else where
             raise at.error(f"policy for '{name}': {exc}") from None
         except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
