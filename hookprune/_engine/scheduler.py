@@ -155,17 +155,8 @@ class Scheduler:
                    ending_epoch: int | None = None, frequency: int | None = None, *, name: str | None = None,
                    kind: str = "plugin", args: Mapping[str, Any] | None = None) -> Policy:
         """Schedule the hook plugin ``plugin`` for ``epochs``, or ``range(starting_epoch, ending_epoch, frequency)``."""
-        if epochs is not None:
-            given = [k for k, v in (("starting_epoch", starting_epoch), ("ending_epoch", ending_epoch),
-                                    ("frequency", frequency)) if v is not None]
-            if given:
-                raise ValueError(f"add_policy: give either 'epochs' or starting_epoch/ending_epoch/frequency, not "
-                                 f"both ('epochs' and {', '.join(repr(g) for g in given)} were given)")
-            window = Window(epochs=epochs)
-        else:
-            window = Window(starting_epoch=starting_epoch, ending_epoch=ending_epoch,
-                            frequency=1 if frequency is None else frequency)
-        return self.schedule(plugin, window, kind=kind, name=name, args=args)
+        return self.schedule(plugin, Window.of(epochs, starting_epoch, ending_epoch, frequency), kind=kind, name=name,
+                             args=args)
 
     def schedule(self, plugin: Any, window: Window, *, kind: str = "plugin", name: str | None = None,
                  args: Mapping[str, Any] | None = None, instance: Any = None, label: str | None = None) -> Policy:

@@ -58,6 +58,21 @@ class Window:
         self.listed = None
         self.starting_epoch, self.ending_epoch, self.frequency = starting_epoch, ending_epoch, frequency
 
+    @classmethod
+    def of(cls, epochs: Sequence[int] | None = None, starting_epoch: int | None = None,
+           ending_epoch: int | None = None, frequency: int | None = None) -> Window:
+        """The window ``add_policy``'s arguments describe: ``epochs``, or the range (``frequency`` 1 by default);
+        ValueError naming both when ``epochs`` comes with any of the others."""
+        if epochs is not None:
+            given = [k for k, v in (("starting_epoch", starting_epoch), ("ending_epoch", ending_epoch),
+                                    ("frequency", frequency)) if v is not None]
+            if given:
+                raise ValueError(f"add_policy: give either 'epochs' or starting_epoch/ending_epoch/frequency, not "
+                                 f"both ('epochs' and {', '.join(repr(g) for g in given)} were given)")
+            return cls(epochs=epochs)
+        return cls(starting_epoch=starting_epoch, ending_epoch=ending_epoch,
+                   frequency=1 if frequency is None else frequency)
+
     def __contains__(self, epoch: object) -> bool:
         return epoch in self.epochs
 

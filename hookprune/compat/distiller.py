@@ -504,7 +504,7 @@ class CompressionScheduler(Scheduler):
         ``RegularizationPolicy``, ``QuantizationPolicy``, ``LRPolicy``, ``KnowledgeDistillationPolicy``, which
         chains the loss as Distiller's does) or any object with Distiller's ``ScheduledTrainingPolicy`` methods.
         """
-        window = self._window(epochs, starting_epoch, ending_epoch, frequency)
+        window = Window.of(epochs, starting_epoch, ending_epoch, frequency)
         label = name or f"{type(policy).__name__}#{next(self._counter)}"
         if isinstance(policy, _BINDINGS):
             scheduled = schedule_instance(self, policy.instance, policy.kind, window, {**policy.args, **(args or {})},
@@ -522,19 +522,6 @@ class CompressionScheduler(Scheduler):
         for entry in scheduled:
             self._added[entry.index] = policy
         return policy
-
-    @staticmethod
-    def _window(epochs: list[int] | None, starting_epoch: int | None, ending_epoch: int | None,
-                frequency: int | None) -> Window:
-        if epochs is not None:
-            given = [k for k, v in (("starting_epoch", starting_epoch), ("ending_epoch", ending_epoch),
-                                    ("frequency", frequency)) if v is not None]
-            if given:
-                raise ValueError(f"add_policy: give either 'epochs' or starting_epoch/ending_epoch/frequency, not "
-                                 f"both ('epochs' and {', '.join(repr(g) for g in given)} were given)")
-            return Window(epochs=epochs)
-        return Window(starting_epoch=starting_epoch, ending_epoch=ending_epoch,
-                      frequency=1 if frequency is None else frequency)
 
     # -- Distiller's method names -----------------------------------------------------------
 
