@@ -135,6 +135,9 @@ class ScheduleClass(Protocol):
     hookprune_param_args: Mapping[str, Literal["names", "keys"]]
     #: the keys a policy's ``args`` may hold for this class, with their type annotations
     policy_args: Mapping[str, Any]
+    #: why the instance cannot act on a model whose parameters FSDP2 shards (``fully_shard``: DTensors), or None
+    #: when it can; a policy naming it on such a model is refused at load time with this reason
+    refuses_sharding: str | None
 
     def check_policy(self, policy: Policy) -> None:
         """Refuse (``ValueError``, or ``ArgumentError`` naming the arg) a policy the instance cannot act under;
@@ -159,6 +162,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "runs_last": False,
     "hookprune_param_args": MappingProxyType({}),
     "policy_args": MappingProxyType({}),
+    "refuses_sharding": None,
 })
 
 
