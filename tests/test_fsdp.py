@@ -21,7 +21,9 @@ from hookprune.apputils.device import shard_model
 from hookprune.selection import global_keep_masks, level_keep_mask, prune_mask_smallest
 from hookprune.sparsity import sparsity_report
 from hookprune.testing import random_batches, train
-from tests.test_distributed import run_scenarios
+from tests.test_compress_classifier import AGP as AGP_SCHEDULE
+from tests.test_compress_classifier import app, final_state, run_folder
+from tests.test_distributed import layer_rows, run_scenarios
 
 SCENARIOS = ("agp_like_one_process", "pruners_like_one_process", "refusals", "assigned_masks",
              "checkpoint_and_resume", "selection_across_shards")
@@ -433,3 +435,38 @@ def test_level_global_and_smallest_selection_across_shards_equal_one_process_exa
 def test_a_float32_weight_costs_one_histogram_and_two_small_refinements_per_selection(ranks):
     for result in ranks["selection_across_shards"]:
         assert result["sent"] == [8 * 2**16, 8 * 2**8, 8 * 2**8], "bytes all-reduced per rank, as the docs state"
+
+
+# -- the example application under torchrun --fsdp -----------------------------------------------------------
+
+
+def test_torchrun_fsdp_prunes_exactly_writes_whole_checkpoints_and_resumes_bit_identical(tmp_path):
+    common = ["--compress", str(AGP_SCHEDULE), "--deterministic", "--fsdp"]
+    whole_run = app("-a", "lenet300_100", *common, "--epochs", "12", "-o", str(tmp_path / "whole"), cwd=tmp_path,
+                    ranks=2)
+    assert layer_rows(whole_run.stdout) == {"fc1.weight": "90.00", "fc2.weight": "90.00", "fc3.weight": "80.00"}
+    assert "fully sharded data parallel (FSDP2): 2 processes (gloo), 647 training samples each" in whole_run.stdout
+    assert "masks sharded over 2 ranks, each holding its rows of the same 3 masks" in whole_run.stdout
+    assert whole_run.stdout.count("Test top-1") == 1, "rank 0 alone prints"
+    folder = run_folder(tmp_path / "whole")
+    weights, masks, summary = final_state(folder)
+    assert {name: tuple(mask.shape) for name, mask in masks.items()} == {
+        "fc1.weight": (300, 64), "fc2.weight": (100, 300), "fc3.weight": (10, 100)}, "gathered whole on rank 0"
+    assert summary["sparsity"] == pytest.approx(100 * (1 - 5120 / 50200)) and summary["top1"] >= 90.0
+    assert summary["hyperparameters"]["fsdp"] is True
+
+    app("-a", "lenet300_100", *common, "--epochs", "6", "-o", str(tmp_path / "part"), cwd=tmp_path, ranks=2)
+    checkpoint = run_folder(tmp_path / "part") / "lenet300_100_checkpoint.pth.tar"
+    resumed = app("--resume-from", str(checkpoint), *common, "--epochs", "12", "-o", str(tmp_path / "resumed"),
+                  cwd=tmp_path, ranks=2)
+    assert "at epoch 6" in resumed.stdout
+    weights_r, masks_r, summary_r = final_state(run_folder(tmp_path / "resumed"))
+    for name in weights:
+        assert torch.equal(weights[name], weights_r[name]), name
+    for name in masks:
+        assert torch.equal(masks[name], masks_r[name]), name
+    assert summary_r == summary
+
+    alone = app("--resume-from", str(folder / "lenet300_100_checkpoint.pth.tar"), "--evaluate", "-o",
+                str(tmp_path / "alone"), cwd=tmp_path)
+    assert f"Test top-1 {summary['top1']:.2f}%" in alone.stdout, "one process reads the sharded run's checkpoint"
