@@ -47,7 +47,10 @@ def _multiply_in_place(groups: list[tuple[list[torch.Tensor], list[torch.Tensor]
 
 def as_keep_mask(mask: Any, param: torch.Tensor, what: str) -> torch.Tensor:
     """``mask`` as a detached boolean tensor on ``param``'s device (non-zero keeps); a ValueError saying
-    ``what`` has the wrong shape when it does not match ``param``."""
+    ``what`` has the wrong shape when it does not match ``param``. A DTensor mask (saved by a sharded run) is
+    gathered whole first (a collective)."""
+    if sharding.is_sharded(mask):
+        mask = mask.full_tensor()
     mask = torch.as_tensor(mask)
     if tuple(mask.shape) != tuple(param.shape):
         raise ValueError(f"{what} has shape {tuple(mask.shape)}, the parameter {tuple(param.shape)}")
