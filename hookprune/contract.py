@@ -72,7 +72,9 @@ class Masks(Protocol):
     """``scheduler.masks``: parameter name (any spelling the schedule accepts) -> boolean keep-mask.
 
     Assigning validates the shape, stores a ``torch.bool`` copy on the parameter's device and marks the
-    mask pending: the engine applies it before the next forward pass and after every optimizer step.
+    mask pending: the engine applies it before the next forward pass and after every optimizer step. For a
+    parameter FSDP2 shards (a DTensor), reading gives this rank's shard of the mask, and a mask may be assigned
+    as a DTensor, whole (each rank keeps its rows) or as the shard (:mod:`hookprune.sharding`).
     """
 
     def __getitem__(self, name: str) -> torch.Tensor: ...

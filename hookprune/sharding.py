@@ -3,11 +3,13 @@
 After ``fully_shard`` every parameter is a ``DTensor`` whose local tensor is this rank's block of rows (dim 0)
 of the whole; the optimizer updates those blocks, and the whole tensor exists only inside a module's forward
 and backward. hookprune keeps each mask on its rank's shard (one byte per local element) and multiplies the
-local tensor in place (``DTensor._local_tensor``, the very storage FSDP2 all-gathers from and the optimizer
-updates; ``to_local()`` returns a view of the same storage, through an autograd function that costs more than
-the multiply of a small shard). Exact selection across the shards reduces histograms over the shard's process
-group (:mod:`hookprune.selection`), and the scheduler's state goes into a ``torch.distributed.checkpoint``
-(:func:`sharded_state_dict`, :func:`state_template`, :func:`load_sharded_state_dict`).
+local tensor in place: ``DTensor._local_tensor``, the very storage FSDP2 all-gathers from and the optimizer
+updates. ``to_local()`` returns a view of the same storage (a write through it is visible as well), but
+through an autograd function: measured here, 1.2 us a call outside grad mode and 21 us inside, against
+0.05 us for the attribute, per parameter and step. Exact selection across the shards reduces histograms
+over the shards' process group (:mod:`hookprune.selection`), and the scheduler's state goes into a
+``torch.distributed.checkpoint`` (:func:`sharded_state_dict`, :func:`state_template`,
+:func:`load_sharded_state_dict`).
 
 Nothing here imports ``torch.distributed.tensor`` until a DTensor exists: a process without one never pays
 for it, and :func:`is_sharded` is one dictionary lookup.
