@@ -72,7 +72,9 @@ class Masks(Protocol):
     """``scheduler.masks``: parameter name (any spelling the schedule accepts) -> boolean keep-mask.
 
     Assigning validates the shape, stores a ``torch.bool`` copy on the parameter's device and marks the
-    mask pending: the engine applies it before the next forward pass and after every optimizer step.
+    mask pending: the engine applies it before the next forward pass and after every optimizer step. For a
+    parameter FSDP2 shards (a DTensor), reading gives this rank's shard of the mask, and a mask may be assigned
+    as a DTensor, whole (each rank keeps its rows) or as the shard (:mod:`hookprune.sharding`).
     """
 
     def __getitem__(self, name: str) -> torch.Tensor: ...
@@ -135,6 +137,9 @@ class ScheduleClass(Protocol):
     hookprune_param_args: Mapping[str, Literal["names", "keys"]]
     #: the keys a policy's ``args`` may hold for this class, with their type annotations
     policy_args: Mapping[str, Any]
+    #: why the instance cannot act on a model whose parameters FSDP2 shards (``fully_shard``: DTensors), or None
+    #: when it can; a policy naming it on such a model is refused at load time with this reason
+    refuses_sharding: str | None
 
     def check_policy(self, policy: Policy) -> None:
         """Refuse (``ValueError``, or ``ArgumentError`` naming the arg) a policy the instance cannot act under;
@@ -159,6 +164,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "runs_last": False,
     "hookprune_param_args": MappingProxyType({}),
     "policy_args": MappingProxyType({}),
+    "refuses_sharding": None,
 })
 
 

@@ -13,6 +13,11 @@ A scheduler built on a ``DistributedDataParallel`` model gets its synchronizer o
 the bare model (DDP's ``module``) gets it from :func:`synchronize_masks`. Both spell parameter names
 the same way in a schedule, with or without DDP's ``module.``.
 
+Under FSDP2 (``fully_shard``) there is nothing to synchronize: each rank holds only its own shard of each
+mask, and the pruners select across the shards exactly (:mod:`hookprune.sharding`), so the shards together
+are the one mask a single process would compute. :func:`synchronize_masks` refuses such a scheduler, and
+:func:`verify_masks` compares the masks' names there, and the masks of unsharded parameters.
+
 The small collectives here (flags, names, sums, digests) run on a CPU process group: the default group
 under gloo, a gloo group made once beside it under nccl, so that they never wait on a GPU stream.
 """
@@ -191,6 +196,10 @@ class MaskSynchronizer:
         if not is_initialized():
             raise RuntimeError("mask synchronization needs an initialized torch.distributed process group "
                                "(torch.distributed.init_process_group)")
+        if scheduler.masks.sharded:
+            raise ValueError("the model's parameters are sharded by FSDP2 (fully_shard): each rank keeps the masks "
+                             "of its own shards, which need no synchronization; synchronize_masks is for "
+                             "DistributedDataParallel")
         self.scheduler = scheduler
         self.src = src
         #: how many times masks went from ``src`` to the other ranks
@@ -280,11 +289,16 @@ def _digest(mask: torch.Tensor) -> int:
 def verify_masks(scheduler: CompressionScheduler) -> int:
     """Check that every rank holds exactly rank 0's masks: the same names, shapes and elements. Collective.
 
+    Under FSDP2 each rank holds its own shard of a sharded parameter's mask: those are compared by name only
+    (every rank must hold one), the masks of unsharded parameters in full.
+
     Returns the number of masks compared; raises :class:`MaskMismatchError` on every rank otherwise, naming the
     parameters and the ranks that differ.
     """
     group = _control_group()
-    masks = dict(scheduler.masks.items())
+    sharded = scheduler.masks.sharded
+    masks = {name: torch.ones(1, dtype=torch.bool) if name in sharded else mask
+             for name, mask in scheduler.masks.items()}
     names: list[str] = broadcast_json(sorted(masks), 0)
     row = torch.tensor([_digest(masks[n]) if n in masks else 0 for n in names]
                        + [len(set(masks) - set(names))], dtype=torch.int64)

@@ -3,11 +3,14 @@ model's weights in total."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from hookprune.sharding import ShardGroup, is_sharded, local, shard_group
 
 #: the structures reported per layer: convolution filters and channels (4-D weights), and the rows and
 #: columns of a fully connected weight (2-D)
@@ -44,22 +47,36 @@ class LayerSparsity:
         return out
 
 
-def _zero_fraction(nonzero: torch.Tensor, keep_dim: int) -> float:
-    """Fraction of the slices along ``keep_dim`` of a boolean tensor that hold no True at all."""
+def _zero_fraction(nonzero: torch.Tensor, keep_dim: int, group: ShardGroup | None = None) -> float:
+    """Fraction of the slices along ``keep_dim`` of a boolean tensor that hold no True at all (with a ``group``,
+    of the whole tensor whose rows ``nonzero`` holds: slices along dim 0 are counted on each rank, others are
+    alive where they are on any rank)."""
     alive = nonzero.movedim(keep_dim, 0).flatten(1).any(dim=1)
+    if group is None:
+        return float((~alive).sum()) / alive.numel() if alive.numel() else 0.0
+    if keep_dim == 0:
+        dead, total = group.all_sum(torch.tensor([int((~alive).sum()), alive.numel()])).tolist()
+        return dead / total if total else 0.0
+    alive = group.all_sum(alive.to(torch.int64)) > 0
     return float((~alive).sum()) / alive.numel() if alive.numel() else 0.0
 
 
 def layer_sparsity(name: str, tensor: torch.Tensor) -> LayerSparsity:
-    """The zero counts of ``tensor``, reported under ``name``."""
-    tensor = tensor.detach()
+    """The zero counts of ``tensor``, reported under ``name``; of the whole tensor for a DTensor sharded along dim 0
+    (a parameter under FSDP2: the counts are summed over the shards, a collective)."""
+    group = shard_group([tensor], name) if is_sharded(tensor) else None
+    full_shape = tuple(tensor.shape)
+    tensor = local(tensor).detach()
     nonzero = tensor != 0
     structures: dict[str, float] = {}
     if tensor.dim() == 4:
-        structures = {"filter": _zero_fraction(nonzero, 0), "channel": _zero_fraction(nonzero, 1)}
+        structures = {"filter": _zero_fraction(nonzero, 0, group), "channel": _zero_fraction(nonzero, 1, group)}
     elif tensor.dim() == 2:
-        structures = {"row": _zero_fraction(nonzero, 0), "column": _zero_fraction(nonzero, 1)}
-    return LayerSparsity(name, tuple(tensor.shape), tensor.numel(), int(nonzero.sum()), **structures)
+        structures = {"row": _zero_fraction(nonzero, 0, group), "column": _zero_fraction(nonzero, 1, group)}
+    nonzeros = int(nonzero.sum())
+    if group is not None:
+        nonzeros = int(group.all_sum(torch.tensor([nonzeros]))[0])
+    return LayerSparsity(name, full_shape, math.prod(full_shape), nonzeros, **structures)
 
 
 def sparsity_report(model: torch.nn.Module, names: Iterable[str] | None = None) -> list[LayerSparsity]:

@@ -45,7 +45,8 @@ def train(scheduler: CompressionScheduler, model: Callable[[torch.Tensor], torch
           optimizer: torch.optim.Optimizer, data: Batches, epochs: int, *, start_epoch: int = 0,
           loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = F.cross_entropy,
           before_forward: Callable[[int, int], None] | None = None, fire: Callable[..., Any] | None = None,
-          metrics: Callable[[int], Mapping[str, Any]] | None = None) -> list[torch.Tensor]:
+          metrics: Callable[[int], Mapping[str, Any]] | None = None, autocast: torch.dtype | None = None,
+          scaler: torch.amp.GradScaler | None = None) -> list[torch.Tensor]:
     """Train ``model`` over ``data`` in epochs ``start_epoch .. epochs - 1``, firing the six events around
     every step; returns the (detached) loss ``before_backward`` gave back at each step.
 
@@ -55,7 +56,10 @@ def train(scheduler: CompressionScheduler, model: Callable[[torch.Tensor], torch
     (``lambda x: knowledge_distillation.forward(scheduler, x)`` when distilling) and is not switched to train
     mode. ``fire`` replaces ``scheduler.fire`` (``hookprune.fire`` fires on the active scheduler; a wrapper
     can observe each event). ``on_epoch_end`` gets ``metrics(epoch)``, by default the epoch's last loss as
-    ``min`` and 0.0 as ``max``.
+    ``min`` and 0.0 as ``max``. Mixed precision: with ``autocast`` the forward pass and the loss run under
+    ``torch.autocast`` in that dtype; with a ``scaler`` (``torch.amp.GradScaler``) the backward pass starts from
+    the scaled loss and ``scaler.step(optimizer)``, which skips the step when a gradient is inf or NaN, and
+    ``scaler.update()`` replace ``optimizer.step()``.
     """
     fire = fire or scheduler.fire
     losses: list[torch.Tensor] = []
@@ -66,12 +70,21 @@ def train(scheduler: CompressionScheduler, model: Callable[[torch.Tensor], torch
             fire("on_minibatch_begin", **step)
             if before_forward is not None:
                 before_forward(epoch, i)
-            loss = fire("before_backward", **step, loss=loss_fn(model(x), y))
+            if autocast is None:
+                objective = loss_fn(model(x), y)
+            else:
+                with torch.autocast(x.device.type, dtype=autocast):
+                    objective = loss_fn(model(x), y)
+            loss = fire("before_backward", **step, loss=objective)
             losses.append(loss.detach())
             optimizer.zero_grad()
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             fire("before_optimizer_step", **step)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             fire("on_minibatch_end", **step)
         measured = {"min": float(losses[-1]), "max": 0.0} if metrics is None else dict(metrics(epoch))
         fire("on_epoch_end", epoch=epoch, metrics=measured)

@@ -276,3 +276,55 @@ def test_a_bad_schedule_is_reported_at_its_line(tmp_path):
     number = AGP.read_text().splitlines().index("    final_sparsity: 0.90") + 1
     assert line.startswith(f"compress_classifier.py: error: {schedule}:{number}:")
     assert "final_sparsity" in line
+
+
+# -- mixed precision and torch.compile ------------------------------------------------------------------------
+
+
+def top1_of(stdout: str) -> float:
+    return float(re.search(r"Test top-1 (\d+\.\d+)%", stdout).group(1))
+
+
+@pytest.fixture(scope="module")
+def eager_agp(tmp_path_factory) -> tuple[dict[str, str], float]:
+    """The per-layer levels and test top-1 of 12 epochs of the AGP schedule in full precision, uncompiled."""
+    folder = tmp_path_factory.mktemp("eager")
+    out = app("--compress", str(AGP), "--deterministic", "--epochs", "12", "-o", str(folder), cwd=folder)
+    return dict(re.findall(r"^(fc\d\.weight) .* (\d+\.\d\d)%$", out.stdout, re.M)), top1_of(out.stdout)
+
+
+@pytest.mark.parametrize("stack", [["--amp"], ["--amp", "fp16"], ["--compile", "aot_eager"]],
+                         ids=["amp bf16", "amp fp16", "compile"])
+def test_mixed_precision_and_compiled_runs_reach_the_schedules_levels_at_eagers_accuracy(tmp_path, eager_agp, stack):
+    levels, top1 = eager_agp
+    out = app("--compress", str(AGP), "--deterministic", "--epochs", "12", *stack, "-o", str(tmp_path),
+              cwd=tmp_path)
+    assert dict(re.findall(r"^(fc\d\.weight) .* (\d+\.\d\d)%$", out.stdout, re.M)) == levels == {
+        "fc1.weight": "90.00", "fc2.weight": "90.00", "fc3.weight": "80.00"}
+    assert abs(top1_of(out.stdout) - top1) <= 1.5, "within noise of full precision (1 test image: 0.28 points)"
+    if stack == ["--compile", "aot_eager"]:
+        assert top1_of(out.stdout) == top1, "aot_eager computes eager's numbers"
+    summary = json.loads((run_folder(tmp_path) / "summary.json").read_text())
+    expected = {"amp": "bf16" if stack == ["--amp"] else "fp16" if "fp16" in stack else None,
+                "compile": "aot_eager" if "--compile" in stack else None, "fsdp": False}
+    assert {key: summary["hyperparameters"][key] for key in expected} == expected
+    assert "training with " in out.stdout
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    (["--fsdp"], {}, "--fsdp shards the model over the processes of a torchrun job; start the run with torchrun "
+                     "--nproc_per_node=N"),
+    (["--fsdp", "--amp", "fp16"], {"RANK": "1", "WORLD_SIZE": "2"},
+     "rank 1: --amp fp16 with --fsdp: the gradient scaler would decide on each rank's gradient shards alone; use "
+     "--amp bf16, which needs no scaler"),
+    (["--fsdp", "--sense", "element"], {"RANK": "0", "WORLD_SIZE": "2"},
+     "--fsdp with --sense: --sense reads or prunes whole weights; run it in one process"),
+    (["--amp", "--evaluate"], {}, "--amp with --evaluate: mixed precision applies to training, and --evaluate trains "
+                                  "nothing"),
+    (["--compile", "inductr"], {}, "--compile inductr: unknown torch.compile backend (did you mean 'inductor'"),
+], ids=["fsdp outside torchrun", "fp16 scaler on shards", "fsdp sensitivity", "amp evaluation", "backend"])
+def test_training_stack_options_that_cannot_run_together_get_one_line(tmp_path, argv, env, expected):
+    line = error_line(app(*argv, "-o", str(tmp_path / "out"), cwd=tmp_path, check=False, env=env))
+    assert line.startswith("compress_classifier.py: error: ")
+    assert expected in line
+    assert not (tmp_path / "out").exists()

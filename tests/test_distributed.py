@@ -6,6 +6,7 @@ The unit tests start two gloo processes on the CPU; the example runs under ``tor
 from __future__ import annotations
 
 import gc
+import importlib
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -31,28 +32,34 @@ SCENARIOS = ("divergent_random_masks", "agp_on_the_ddp_model", "changes_between_
              "observers_that_never_set_masks")
 
 
-def _entry(rank: int, folder: str) -> None:
+def _entry(rank: int, folder: str, module: str, scenarios: tuple[str, ...]) -> None:
     torch.set_num_threads(1)
     # cpu:gloo is not plain gloo, so the small collectives run on a group of their own, as they do beside nccl
     dist.init_process_group("cpu:gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=120))
+    functions = importlib.import_module(module)
     try:
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             out = Path(folder, scenario)
             out.mkdir(exist_ok=True)
-            globals()[scenario](rank, out)
+            getattr(functions, scenario)(rank, out)
     finally:
         gc.collect()  # DDP's reducer, often held in a reference cycle, goes before its process group
         dist.destroy_process_group()
 
 
+def run_scenarios(folder: Path, module: str, scenarios: tuple[str, ...]) -> dict[str, list[dict]]:
+    """Start two processes joined in a gloo group; each runs ``module``'s functions named ``scenarios``, one after the
+    other, as ``scenario(rank, folder)``, each saving ``rank{rank}.pt`` there. Returns every scenario's two dicts."""
+    mp.spawn(_entry, args=(str(folder), module, scenarios), nprocs=WORLD, join=True)
+    return {scenario: [torch.load(folder / scenario / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+            for scenario in scenarios}
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> dict[str, list[dict]]:
     """Every scenario's results on rank 0 and rank 1, from one start of two processes."""
-    folder = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_entry, args=(str(folder),), nprocs=WORLD, join=True)
-    return {scenario: [torch.load(folder / scenario / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-            for scenario in SCENARIOS}
+    return run_scenarios(tmp_path_factory.mktemp("ranks"), __name__, SCENARIOS)
 
 
 def lenet() -> torch.nn.Module:

@@ -12,7 +12,9 @@ Each run writes to ``OUT_DIR/NAME___TIMESTAMP/``: the last and the best checkpoi
 Under ``torchrun --nproc_per_node=N compress_classifier.py ...`` the model trains with DistributedDataParallel
 (gloo on the CPU, nccl with one GPU per process): each rank trains on its shard of the data, masks are rank 0's
 on every rank, validation and test counts are summed over the ranks, and rank 0 alone prints and writes the
-run folder.
+run folder. With ``--fsdp`` the model is sharded with FSDP2 instead: each rank holds its rows of every weight and
+mask, and checkpoints are gathered whole on rank 0. ``--amp`` trains in mixed precision (bfloat16, or float16
+with a gradient scaler), ``--compile`` with ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import nn
 import hookprune
 from hookprune import distributed, sensitivity
 from hookprune import knowledge_distillation as kd
-from hookprune.apputils.checkpoint import load_weights, read_checkpoint, resume_run, save_checkpoint
+from hookprune.apputils.checkpoint import load_weights, model_state, read_checkpoint, resume_run, save_checkpoint
 from hookprune.apputils.data_loaders import (
     DATASETS,
     classes_of,
@@ -43,15 +45,17 @@ from hookprune.apputils.data_loaders import (
     load_data,
     sample_shape,
 )
-from hookprune.apputils.device import choose_device, wrap_model
+from hookprune.apputils.device import choose_device, shard_model, wrap_model
 from hookprune.apputils.errors import AppError
 from hookprune.apputils.evaluation import Scores, evaluate
+from hookprune.apputils.fsdp import load_whole_weights, resume_sharded_run, save_gathered_checkpoint
 from hookprune.apputils.history import best_key, epoch_entry, layer_records, plot_training, write_json
 from hookprune.apputils.models import AdaptedInput, build_model, check_arch
 from hookprune.apputils.rng import resolve_seed, rng_state, seed_run
 from hookprune.apputils.run_folder import RunLog, new_run_folder
-from hookprune.apputils.training import Trainer
+from hookprune.apputils.training import AMP_DTYPES, MixedPrecision, Trainer
 from hookprune.config.reader import read_schedule
+from hookprune.errors import suggest
 from hookprune.sparsity import format_table, sparsity_report, total_sparsity
 
 PROG = "compress_classifier.py"
@@ -114,7 +118,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --kd-resume, train the teacher for N epochs first (default: --epochs)")
     p.add_argument("--kd-teacher-lr", type=float, metavar="LR",
                    help="learning rate of that teacher training (default: --lr)")
+    p.add_argument("--amp", nargs="?", const="bf16", choices=list(AMP_DTYPES),
+                   help="train in mixed precision: the forward pass under torch.autocast in bf16 (without a value) "
+                        "or fp16 (then with a gradient scaler)")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="run the model compiled by torch.compile with this backend (without a value: inductor)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 (fully_shard) instead of DistributedDataParallel")
     return p
+
+
+def check_training_stack(args: argparse.Namespace, launched: bool) -> None:
+    """Refuse, in one line, the --amp, --compile and --fsdp combinations that cannot run."""
+    modes = [f"--{name}" for name in ("summary", "sense", "evaluate") if getattr(args, name)]
+    if args.fsdp and not launched:
+        raise AppError("--fsdp shards the model over the processes of a torchrun job; start the run with "
+                       "torchrun --nproc_per_node=N")
+    if args.fsdp and (args.summary or args.sense):
+        raise AppError(f"--fsdp with {modes[0]}: {modes[0]} reads or prunes whole weights; run it in one process")
+    if args.amp and modes:
+        raise AppError(f"--amp with {modes[0]}: mixed precision applies to training, and {modes[0]} trains nothing")
+    if args.amp == "fp16" and args.fsdp:
+        raise AppError("--amp fp16 with --fsdp: the gradient scaler would decide on each rank's gradient shards "
+                       "alone; use --amp bf16, which needs no scaler")
+    if args.compile is not None:
+        if args.summary:
+            raise AppError("--compile with --summary: the summary runs no model")
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile not in backends:
+            raise AppError(f"--compile {args.compile}: unknown torch.compile backend{suggest(args.compile, backends)}; "
+                           f"backends: {', '.join(backends)}")
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -133,6 +168,7 @@ class Run:
         if args.epochs < 0 or args.batch_size < 1 or args.print_freq < 1:
             raise AppError("--epochs must be >= 0, --batch-size and --print-freq >= 1")
         self.launch = distributed.launch_environment()
+        check_training_stack(args, self.launch is not None)
         #: rank 0, or the only process: the one that prints and writes the run folder
         self.main = self.launch is None or self.launch.rank == 0
         self.log = RunLog(enabled=self.main)
@@ -166,6 +202,8 @@ class Run:
         self.val_loader = val_loader if val_loader is not None else self.test_loader
         self.num_classes = classes_of(self.dataset, args.data)
         self.model = build_model(self.arch, self.num_classes, self.shape, self.device)
+        if args.fsdp:
+            shard_model(self.model, self.device)
         self.teacher_model: nn.Module | None = None
         self.run_dir: Path | None = None
 
@@ -183,8 +221,13 @@ class Run:
         self.say(f"{self.arch} on {self.dataset} ({len(getattr(sampler, 'indices', sampler))} training samples of "
                  f"shape {tuple(self.shape)}), {self.device}, seed {self.seed}")
         if self.launch is not None:
-            self.say(f"distributed data parallel: {self.launch.world_size} processes ({self.backend}), "
+            kind = "fully sharded data parallel (FSDP2)" if self.args.fsdp else "distributed data parallel"
+            self.say(f"{kind}: {self.launch.world_size} processes ({self.backend}), "
                      f"{len(sampler)} training samples each; rank 0 writes this folder")
+        stack = [f"mixed precision ({self.args.amp})" if self.args.amp else "",
+                 f"torch.compile ({self.args.compile})" if self.args.compile is not None else ""]
+        if any(stack):
+            self.say("training with " + " and ".join(part for part in stack if part))
 
     def close(self) -> None:
         self.log.close()
@@ -196,7 +239,10 @@ class Run:
     # -- pieces ---------------------------------------------------------------------------
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` in DistributedDataParallel under torchrun, in DataParallel on several --gpus, else as it is."""
+        """``model`` in DistributedDataParallel under torchrun (unless sharded by --fsdp), in DataParallel on several
+        --gpus, else as it is."""
+        if self.args.fsdp:
+            return model
         return wrap_model(model, self.device, self.gpu_ids, launched=self.launch is not None)
 
     def new_optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
@@ -206,6 +252,10 @@ class Run:
     def load_weights(self, path: str) -> None:
         """The weights of a checkpoint (hookprune's or Distiller's), after the shape changes thinning made."""
         resumed = self.resumed if path == self.args.resume_from else None
+        if self.args.fsdp:
+            checkpoint = resumed if resumed is not None else read_checkpoint(path)
+            load_whole_weights(self.model, model_state(checkpoint, path), f"checkpoint '{path}'", self.arch)
+            return
         load_weights(self.model, path, self.arch, resumed)
 
     def teacher(self) -> nn.Module | None:
@@ -259,7 +309,8 @@ class Run:
             if has_distiller:
                 raise AppError(f"--compress {args.compress}: the schedule distils knowledge, which is not supported "
                                "under torchrun; distil in one process")
-            distributed.synchronize_masks(sched)
+            if not args.fsdp:
+                distributed.synchronize_masks(sched)
         if teacher is not None and not has_distiller:
             weights = kd.DistillationLossWeights(args.kd_distill_wt, args.kd_student_wt, args.kd_teacher_wt)
             policy = kd.KnowledgeDistillationPolicy(self.model, teacher, args.kd_temp, weights)
@@ -279,8 +330,9 @@ class Run:
         return {"path": self.args.compress, "text": Path(self.args.compress).read_text(encoding="utf-8")}
 
     def summary(self, history: list[dict[str, Any]], best: dict[str, Any] | None, test: Scores | None,
-                timings: dict[str, Any]) -> dict[str, Any]:
-        rows = sparsity_report(self.model)
+                timings: dict[str, Any], rows: list[Any]) -> dict[str, Any]:
+        """``summary.json``; ``rows`` is the model's sparsity report (computed on every rank: under --fsdp it sums
+        over the shards)."""
         args = self.args
         return {
             "arch": self.arch, "dataset": self.dataset, "complete": test is not None,
@@ -290,7 +342,8 @@ class Run:
             "schedule": self.schedule_record(), "seed": self.seed,
             "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                 "momentum": args.momentum, "weight_decay": args.weight_decay,
-                                "validation_split": args.validation_split, "deterministic": args.deterministic},
+                                "validation_split": args.validation_split, "deterministic": args.deterministic,
+                                "amp": args.amp, "compile": args.compile, "fsdp": args.fsdp},
             "distillation": ({"teacher": args.kd_teacher, "temperature": args.kd_temp,
                               "distill_weight": args.kd_distill_wt, "student_weight": args.kd_student_wt,
                               "start_epoch": args.kd_start_epoch} if args.kd_teacher else None),
@@ -314,6 +367,8 @@ class Run:
             self.load_weights(args.exp_load_weights_from)
             sched.mask_all_weights()
         net = self.wrap(self.model)
+        if args.compile is not None:
+            net = torch.compile(net, backend=args.compile)
         if args.evaluate:
             return self.evaluate_only(net)
         if args.sense:
@@ -333,11 +388,12 @@ class Run:
         """Load the checkpoint of --resume-from into the model, optimizer and schedule; the next epoch."""
         args, checkpoint = self.args, self.resumed
         assert checkpoint is not None
+        resume = resume_sharded_run if args.fsdp else resume_run
         if args.reset_optimizer:
-            resume_run(checkpoint, args.resume_from, self.model, sched, self.arch)
+            resume(checkpoint, args.resume_from, self.model, sched, self.arch)
             self.say(f"resumed the weights of {args.resume_from}; new optimizer, from epoch 0")
             return 0, [], None
-        resume_run(checkpoint, args.resume_from, self.model, sched, self.arch, optimizer, self.device)
+        resume(checkpoint, args.resume_from, self.model, sched, self.arch, optimizer, self.device)
         epoch = int(checkpoint.get("epoch", -1)) + 1
         self.say(f"resumed {args.resume_from} at epoch {epoch}")
         history = list(checkpoint.get("extras", {}).get("history", []))
@@ -347,10 +403,10 @@ class Run:
     def evaluate_only(self, net: nn.Module) -> int:
         tic = time.perf_counter()
         scores = evaluate(net, self.test_loader, self.device, self.reduce)
-        self.report(scores)
+        rows = self.report(scores)
         if self.run_dir is not None:
             write_json(self.summary([], None, scores, {"test_s": time.perf_counter() - tic,
-                                                       "total_s": time.perf_counter() - self.started}),
+                                                       "total_s": time.perf_counter() - self.started}, rows),
                        self.run_dir / SUMMARY)
         return 0
 
@@ -386,18 +442,22 @@ class Run:
         self.say(f"top-1 (%) by sparsity (%): {self.run_dir / 'sensitivity.csv'}, {self.run_dir / 'sensitivity.png'}")
         return 0
 
-    def report(self, scores: Scores) -> None:
+    def report(self, scores: Scores) -> list[Any]:
+        """Print the sparsity table and the test scores; returns the table's rows."""
+        rows = sparsity_report(self.model)
         self.say()
-        self.say(format_table(sparsity_report(self.model)))
+        self.say(format_table(rows))
         self.say()
         self.say(f"Test top-1 {scores.top1:.2f}%  top-5 {scores.top5:.2f}%  loss {scores.loss:.4f}")
+        return rows
 
     def train(self, net: nn.Module, optimizer: torch.optim.Optimizer, sched: hookprune.CompressionScheduler,
               teacher: nn.Module | None, start_epoch: int, history: list[dict[str, Any]],
               best: dict[str, Any] | None) -> int:
         args = self.args
+        precision = MixedPrecision.of(args.amp, self.device) if args.amp else None
         trainer = Trainer(net, optimizer, sched, self.train_loader, self.device, args.print_freq, self.say,
-                          reduce=self.reduce, progress=self.main)
+                          reduce=self.reduce, progress=self.main, precision=precision)
         epoch_times: list[float] = []
         for epoch in range(start_epoch, args.epochs):
             tic = time.perf_counter()
@@ -405,18 +465,20 @@ class Run:
             scores = evaluate(net, self.val_loader, self.device, self.reduce)
             lr = optimizer.param_groups[0]["lr"]
             sched.fire("on_epoch_end", epoch=epoch, metrics={"min": scores.loss, "max": scores.top1})
-            entry = epoch_entry(epoch, loss, scores, sparsity_report(self.model), lr)
+            rows = sparsity_report(self.model)
+            entry = epoch_entry(epoch, loss, scores, rows, lr)
             history.append(entry)
             is_best = best is None or best_key(entry) >= best_key(best)
             if is_best:
                 best = entry
-            if self.run_dir is not None:
+            if self.run_dir is not None or args.fsdp:
                 extras: dict[str, Any] = {"history": history, "seed": self.seed, "dataset": self.dataset,
                                           "rng": rng_state(self.device), "schedule": self.schedule_record()}
                 if self.teacher_model is not None:
                     extras["kd_teacher"] = self.teacher_model.state_dict()
-                save_checkpoint(epoch, self.arch, self.model, optimizer, sched, extras, is_best=is_best,
-                                name=args.name or self.arch, dir=self.run_dir)
+                save = save_gathered_checkpoint if args.fsdp else save_checkpoint
+                save(epoch, self.arch, self.model, optimizer, sched, extras, is_best=is_best,
+                     name=args.name or self.arch, dir=self.run_dir)
             epoch_times.append(time.perf_counter() - tic)
             parts = ", ".join(f"{name} {value:.4f}" for name, value in
                               {"objective": loss.objective, **loss.components}.items())
@@ -424,13 +486,17 @@ class Run:
                      f"  top-5 {scores.top5:.2f}%  loss {scores.loss:.4f}  sparsity {entry['sparsity']:.2f}%  "
                      f"lr {lr:.5g}  {epoch_times[-1]:.1f} s")
             if self.run_dir is not None:
-                write_json(self.summary(history, best, None, {"epoch_s": epoch_times}), self.run_dir / SUMMARY)
+                write_json(self.summary(history, best, None, {"epoch_s": epoch_times}, rows), self.run_dir / SUMMARY)
         if self.launch is not None:
             count = distributed.verify_masks(sched)
-            self.say(f"masks identical on all {self.launch.world_size} ranks ({count} masks compared)")
+            if args.fsdp:
+                self.say(f"masks sharded over {self.launch.world_size} ranks, each holding its rows of the same "
+                         f"{count} masks")
+            else:
+                self.say(f"masks identical on all {self.launch.world_size} ranks ({count} masks compared)")
         tic = time.perf_counter()
         test = evaluate(net, self.test_loader, self.device, self.reduce)
-        self.report(test)
+        rows = self.report(test)
         if best is not None:
             self.say(f"best epoch {best['epoch'] + 1}: val top-1 {best['val_top1']:.2f}%, {best['nonzeros']} non-zero "
                      f"weights ({best['sparsity']:.2f}% sparsity)")
@@ -438,7 +504,7 @@ class Run:
                    "total_s": time.perf_counter() - self.started}
         if self.run_dir is None:
             return 0
-        write_json(self.summary(history, best, test, timings), self.run_dir / SUMMARY)
+        write_json(self.summary(history, best, test, timings, rows), self.run_dir / SUMMARY)
         if history:
             plot_training(history, self.run_dir / "training.png")
         self.say(f"summary: {self.run_dir / SUMMARY}")

@@ -3,6 +3,9 @@
 A mask multiplies a floating-point tensor through its ``uint8`` view (the same byte, no copy): torch's
 CPU kernels convert ``uint8`` to float in vectorized loops but ``bool`` one element at a time, about
 four times slower for float32 (``benchmarks/overhead.py`` measures the per-step cost).
+
+A parameter FSDP2 shards (a DTensor, :mod:`hookprune.sharding`) has its mask on this rank's shard only: the
+store keeps the local mask, multiplies the local tensor, and hands out the local mask.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 import torch
 
+from hookprune import sharding
 from hookprune._engine.params import ParamIndex
 
 #: the options a masked parameter may carry (Distiller's names): a mask applied only before forward passes (the
@@ -43,7 +47,10 @@ def _multiply_in_place(groups: list[tuple[list[torch.Tensor], list[torch.Tensor]
 
 def as_keep_mask(mask: Any, param: torch.Tensor, what: str) -> torch.Tensor:
     """``mask`` as a detached boolean tensor on ``param``'s device (non-zero keeps); a ValueError saying
-    ``what`` has the wrong shape when it does not match ``param``."""
+    ``what`` has the wrong shape when it does not match ``param``. A DTensor mask (saved by a sharded run) is
+    gathered whole first (a collective)."""
+    if sharding.is_sharded(mask):
+        mask = mask.full_tensor()
     mask = torch.as_tensor(mask)
     if tuple(mask.shape) != tuple(param.shape):
         raise ValueError(f"{what} has shape {tuple(mask.shape)}, the parameter {tuple(param.shape)}")
@@ -58,6 +65,10 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
     Assigning a mask validates its shape, stores it as ``torch.bool`` on the parameter's device and
     marks it pending, so the engine applies it before the next forward pass. Every parameter may carry
     the :data:`OPTIONS` (:meth:`set_options`), which decide when its mask is applied.
+
+    For a parameter sharded by FSDP2 the store holds this rank's shard of the mask and ``masks[name]`` returns
+    it (a plain tensor shaped like the parameter's local tensor); an assigned mask may be a DTensor, the whole
+    parameter's shape (each rank keeps its rows) or the local shard's shape (:func:`hookprune.sharding.local_mask`).
 
     What every minibatch needs is derived once and kept until a mask or an option changes: the fused
     groups applied after each optimizer step, and the names carrying each option.
@@ -74,6 +85,10 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         self._options: dict[str, frozenset[str]] = {}
         #: parameter name -> its dense weights, kept while ``use_double_copies`` masks it for a forward pass
         self.dense_copies: dict[str, torch.Tensor] = {}
+        #: the parameters FSDP2 shards (DTensors), by name: their masks and multiplies are on the local shard
+        self.sharded = sharding.sharded_params(self.index.params)
+        #: groups of sharded parameters re-masked after each step, their local tensors looked up at each step
+        self._sharded_groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
 
     def resolve(self, name: str) -> str:
         """The model's spelling of ``name``; KeyError naming the nearest parameters when there is none."""
@@ -87,7 +102,11 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
 
     def __setitem__(self, name: str, mask: torch.Tensor) -> None:
         actual = self.resolve(name)
-        self._masks[actual] = as_keep_mask(mask, self.index.params[actual], f"mask for '{actual}'")
+        param = self.index.params[actual]
+        if self.sharded and actual in self.sharded:
+            self._masks[actual] = sharding.local_mask(mask, param, f"mask for '{actual}'")
+        else:
+            self._masks[actual] = as_keep_mask(mask, param, f"mask for '{actual}'")
         self._dirty.add(actual)
         self._changed()
 
@@ -178,9 +197,17 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         params = self.index.params
         for name in selected:
             if "use_double_copies" in self._options.get(name, ()):
-                self.dense_copies[name] = params[name].detach().clone()
-        self._fused_mul([params[n] for n in selected], [self._masks[n] for n in selected])
+                self.dense_copies[name] = self._tensor(name).detach().clone()
+        tensors = [params[n] for n in selected]
+        if self.sharded:
+            tensors = [sharding.local(t) for t in tensors]
+        self._fused_mul(tensors, [self._masks[n] for n in selected])
         self._dirty.difference_update(selected)
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        """What parameter ``name``'s mask multiplies: the parameter, or this rank's shard of a sharded one."""
+        param = self.index.params[name]
+        return sharding.local(param) if self.sharded else param
 
     def apply_pending(self) -> None:
         """Before a forward pass: apply the masks that are new since they were last applied."""
@@ -199,28 +226,36 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
                     break
         if groups:
             _multiply_in_place(groups)
+        if self._sharded_groups:
+            _multiply_in_place([([sharding.local(p) for p in params], multipliers)
+                                for params, multipliers in self._sharded_groups])
         if self._dirty:
             self._dirty.intersection_update(self._flags()["mask_on_forward_only"])
 
     def _build_groups(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-        """The parameters re-masked after each step and their multipliers, one group per device and dtype."""
-        groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        """The parameters re-masked after each step and their multipliers, one group per device and dtype (sharded
+        parameters in groups of their own, whose local tensors are looked up at each step)."""
+        groups: dict[tuple[torch.device, torch.dtype, bool], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for name, mask in self._masks.items():
             if "mask_on_forward_only" in self._options.get(name, ()):
                 continue
             param = self.index.params[name]
-            if mask.device != param.device:
-                mask = self._masks[name] = mask.to(param.device)
-            params, multipliers = groups.setdefault((param.device, param.dtype), ([], []))
+            is_sharded = bool(self.sharded) and name in self.sharded
+            tensor = sharding.local(param) if is_sharded else param
+            if mask.device != tensor.device:
+                mask = self._masks[name] = mask.to(tensor.device)
+            params, multipliers = groups.setdefault((tensor.device, tensor.dtype, is_sharded), ([], []))
             params.append(param)
-            multipliers.append(multiplier(mask, param))
-        self._groups = list(groups.values())
+            multipliers.append(multiplier(mask, tensor))
+        self._groups = [group for (_, _, is_sharded), group in groups.items() if not is_sharded]
+        self._sharded_groups = [group for (_, _, is_sharded), group in groups.items() if is_sharded]
         self._group_devices = [params[0].device for params, _ in self._groups]
         return self._groups
 
     def _changed(self) -> None:
         """Forget what was derived from the masks and their options."""
         self._groups = None
+        self._sharded_groups = []
         self._flag_lists = None
 
     def before_optimizer_step(self) -> None:
@@ -238,7 +273,10 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         if not flagged:
             return
         names = [n for n in flagged if self.index.params[n].grad is not None]
-        self._fused_mul([self.index.params[n].grad for n in names], [self._masks[n] for n in names])
+        grads = [self.index.params[n].grad for n in names]
+        if self.sharded:
+            grads = [sharding.local(g) for g in grads]
+        self._fused_mul(grads, [self._masks[n] for n in names])
 
     def revert_double_copies(self) -> None:
         """Give double-copy parameters their dense weights back before the optimizer updates them."""
@@ -250,17 +288,22 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         copy = self.dense_copies.pop(name, None)
         if copy is not None and "use_double_copies" in self._options.get(name, ()):
             with torch.no_grad():
-                self.index.params[name].copy_(copy)
+                self._tensor(name).copy_(copy)
 
     # -- state -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The masks, and the options set per parameter."""
+        """The masks, and the options set per parameter; the mask of a sharded parameter as a DTensor laid out as
+        the parameter (this rank's shard of it)."""
         flags = {name: {flag: flag in options for flag in OPTIONS} for name, options in self._options.items()}
-        return {"masks": {name: mask.clone() for name, mask in self._masks.items()}, "flags": flags}
+        masks = {name: mask.clone() for name, mask in self._masks.items()}
+        for name in self.sharded.keys() & masks.keys():
+            masks[name] = sharding.as_dtensor(masks[name], self.sharded[name])
+        return {"masks": masks, "flags": flags}
 
     def load_masks(self, masks: Mapping[str, torch.Tensor | None]) -> None:
-        """Replace every mask by ``masks`` (names in any spelling; None or float masks accepted)."""
+        """Replace every mask by ``masks`` (names in any spelling; None or float masks accepted; for a sharded
+        parameter, anything an assignment takes)."""
         resolved = {}
         for name, mask in masks.items():
             if mask is not None:

@@ -1,4 +1,5 @@
-"""Parameter names: schedules name them with or without DataParallel/DDP's ``module.`` at any depth.
+"""Parameter names: schedules name them with or without DataParallel/DDP's ``module.`` (and ``torch.compile``'s
+``_orig_mod.``) at any depth.
 
 A name the model lacks may be an older spelling of one it has: :data:`LEGACY_RULES` rewrite the
 spellings of model definitions that Distiller's schedules were written against into today's names.
@@ -15,11 +16,15 @@ import torch
 from hookprune.errors import suggest
 
 WRAPPER_SEGMENT = "module"
+#: the segments wrappers add to the names of the modules they wrap: DataParallel's and DDP's ``module``, and
+#: ``_orig_mod`` of the module ``torch.compile`` returns
+WRAPPER_SEGMENTS = frozenset({WRAPPER_SEGMENT, "_orig_mod"})
 
 
 def normalize_name(name: str) -> str:
-    """Drop every ``module`` segment: ``features.module.3.weight`` -> ``features.3.weight``."""
-    return ".".join(part for part in name.split(".") if part != WRAPPER_SEGMENT)
+    """Drop every wrapper segment: ``features.module.3.weight`` and ``_orig_mod.features.3.weight`` ->
+    ``features.3.weight``."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_SEGMENTS)
 
 
 @dataclass(frozen=True)

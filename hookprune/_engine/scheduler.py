@@ -172,6 +172,11 @@ class Scheduler:
         label = label or name
         if not has_hookimpls(plugin):
             raise TypeError(f"{label}: {type(plugin).__name__} implements no hook, so no event would reach it")
+        if self.masks.sharded:
+            reason = class_setting(plugin, "refuses_sharding") or class_setting(instance, "refuses_sharding")
+            if reason:
+                raise ValueError(f"{label}: cannot act on a model whose parameters FSDP2 shards (fully_shard): "
+                                 f"{reason}")
         args = MappingProxyType(dict(args or {}))
         self._check_args(plugin, args, label)
         policy = Policy(kind, name, instance, window, args, len(self._policies))

@@ -1,4 +1,5 @@
-"""Which device a run trains on: the CPU, one GPU, several for DataParallel, or one per torchrun process."""
+"""Which device a run trains on: the CPU, one GPU, several for DataParallel, or one per torchrun process, and how
+the model is wrapped there (DataParallel, DistributedDataParallel, or sharded with FSDP2)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,20 @@ def wrap_model(model: nn.Module, device: torch.device, gpu_ids: list[int], launc
     if launched:
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return nn.DataParallel(model, device_ids=gpu_ids) if len(gpu_ids) > 1 else model
+
+
+def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (``fully_shard``) over every process of the job, on a one-dimensional
+    mesh of ``device``'s type (gloo on the CPU works): each module holding parameters of its own becomes a unit
+    that is gathered just before it runs and freed after, then the model the root. Returns ``model``, whose
+    parameters are now DTensors sharded along dim 0; build the optimizer and the scheduler after this."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for module in reversed(list(model.modules())[1:]):
+        if next(module.parameters(recurse=False), None) is not None:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model

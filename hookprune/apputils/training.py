@@ -1,8 +1,9 @@
 """One training epoch of a classifier under a compression scheduler, firing hookprune's six events around
-every step, with a progress bar and the epoch's mean losses."""
+every step, with a progress bar and the epoch's mean losses; optionally in mixed precision."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,31 @@ if TYPE_CHECKING:
     from hookprune import CompressionScheduler
 
 
+#: ``--amp`` choices: the autocast dtype of each
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """Training in mixed precision: the forward pass and the loss under ``torch.autocast`` in ``dtype``; with
+    float16 a ``torch.amp.GradScaler`` scales the loss and skips a step whose gradients hold an inf or a NaN
+    (bfloat16 has float32's range and needs none). Weights, gradients, optimizer state and masks stay float32."""
+
+    device_type: str
+    dtype: torch.dtype
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def of(cls, name: str, device: torch.device) -> MixedPrecision:
+        """``--amp name`` (a key of :data:`AMP_DTYPES`) on ``device``."""
+        dtype = AMP_DTYPES[name]
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        return cls(device.type, dtype, scaler)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
 @dataclass
 class EpochLoss:
     """Mean training losses of one epoch: the total minimized, the data loss, and each added term by name."""
@@ -36,16 +62,19 @@ class Trainer:
     ``say`` prints the progress lines when there is no progress bar (``progress`` False or no terminal), every
     ``print_freq`` minibatches, each starting with ``label``. With ``reduce`` (distributed training) an epoch's
     mean losses are over every rank's shard. A scheduler that distils knowledge runs the student (and the
-    teacher beside it) through :func:`hookprune.knowledge_distillation.forward`.
+    teacher beside it) through :func:`hookprune.knowledge_distillation.forward`. With ``precision`` the steps run
+    in mixed precision (:class:`MixedPrecision`); the events fire as ever, a step the scaler skips included.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sched: CompressionScheduler,
                  loader: torch.utils.data.DataLoader, device: torch.device, print_freq: int,
                  say: Callable[[str], None], label: str = "epoch", reduce: bool = False, progress: bool = True,
-                 ) -> None:
+                 precision: MixedPrecision | None = None) -> None:
         self.model, self.optimizer, self.sched = model, optimizer, sched
         self.loader, self.device, self.print_freq, self.say, self.label = loader, device, print_freq, say, label
         self.reduce = reduce
+        self.precision = precision
+        self.scaler = precision.scaler if precision is not None else None
         self.progress = progress
         self.distilling = kd.distills(sched)
 
@@ -64,13 +93,19 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             step = {"epoch": epoch, "minibatch_id": i, "minibatches_per_epoch": steps}
             sched.fire("on_minibatch_begin", **step)
-            output = kd.forward(sched, x) if self.distilling else model(x)
-            objective = F.cross_entropy(output, y)
+            with self.precision.autocast() if self.precision is not None else contextlib.nullcontext():
+                output = kd.forward(sched, x) if self.distilling else model(x)
+                objective = F.cross_entropy(output, y)
             total = sched.fire("before_backward", **step, loss=objective)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            scaler = self.scaler
+            (total if scaler is None else scaler.scale(total)).backward()
             sched.fire("before_optimizer_step", **step)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             sched.fire("on_minibatch_end", **step)
             terms = {"total": total, "objective": objective, **sched.loss_components}
             for name, value in terms.items():

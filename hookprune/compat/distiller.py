@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from hookprune import sharding
 from hookprune._engine.masks import multiplier
 from hookprune._engine.registry import has_hookimpls
 from hookprune._engine.scheduler import Scheduler
@@ -131,11 +132,12 @@ class ParameterMasker:
         return tensor is self._store.index.params[self.param_name]
 
     def mask_tensor(self, tensor: torch.Tensor) -> None:
-        """Zero ``tensor``'s masked elements in place."""
+        """Zero ``tensor``'s masked elements in place (this rank's shard of a tensor sharded as the parameter)."""
         mask = self.mask
         if mask is not None:
             with torch.no_grad():
-                tensor.mul_(multiplier(mask, tensor))
+                target = sharding.local(tensor)
+                target.mul_(multiplier(mask, target))
 
     def apply_mask(self, parameter: torch.Tensor) -> torch.Tensor:
         """Mask ``parameter`` in place (keeping a dense copy first when double copies are on). Masking a tensor
@@ -154,7 +156,12 @@ class ParameterMasker:
     def mask_gradient(self, gradient: torch.Tensor) -> torch.Tensor | None:
         """``gradient`` with the masked elements zeroed (a new tensor), or None without a mask."""
         mask = self.mask
-        return None if mask is None else gradient.mul(multiplier(mask, gradient))
+        if mask is None:
+            return None
+        if sharding.is_sharded(gradient):
+            shard = sharding.local(gradient)
+            return sharding.as_dtensor(shard.mul(multiplier(mask, shard)), gradient)
+        return gradient.mul(multiplier(mask, gradient))
 
     def revert_weights(self, parameter: torch.Tensor) -> None:
         """Restore the dense copy saved by :meth:`apply_mask` (double copies)."""

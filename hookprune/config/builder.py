@@ -437,4 +437,4 @@ class _Builder:
             raise at.error(f"policy for '{name}': {exc}") from None
         except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise where.error(f"{label}: {message}") from None
+            raise where.error(message if message.startswith(f"{label}: ") else f"{label}: {message}") from None

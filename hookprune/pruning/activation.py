@@ -121,6 +121,8 @@ class ActivationRankedFilterPruner(ForwardPassHooks, Pruner):
 
     #: ``'apoz'`` or ``'mean'``.
     criterion: ClassVar[str]
+    refuses_sharding: ClassVar[str | None] = ("it ranks filters by the activations each rank sees of its own data, "
+                                              "so the ranks would prune different filters")
 
     def __init__(self, name: str, group_type: str, weights: list[str] | str, model: nn.Module,
                  group_dependency: str | None = None) -> None:

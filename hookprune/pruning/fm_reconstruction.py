@@ -11,7 +11,7 @@ import functools
 import threading
 import warnings
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,9 @@ class FMReconstructionChannelPruner(ForwardPassHooks, Pruner):
     if any, is unchanged (the fit is of the output without it). Positions are drawn from a
     generator the pruner owns (``seed``); it and any pending samples are in :meth:`state_dict`.
     """
+
+    refuses_sharding: ClassVar[str | None] = ("it re-fits the kept weights on feature maps each rank samples from its "
+                                              "own data, so the ranks would fit different weights")
 
     def __init__(self, name: str, group_type: str, desired_sparsity: float, weights: list[str] | str,
                  model: nn.Module, group_size: int = 1, rounding_fn: str = "floor", n_points_per_fm: int = 10,

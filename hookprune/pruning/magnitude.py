@@ -12,6 +12,7 @@ from hookprune.pruning.base import Pruner, PruningStep
 from hookprune.pruning.checks import check_number, check_weights
 from hookprune.pruning.levels import AGPLevel, LevelSchedule, PerParameterLevels
 from hookprune.selection import level_keep_mask, threshold_keep_mask
+from hookprune.sharding import scalar
 
 
 class LevelMagnitudePruner(Pruner):
@@ -134,7 +135,7 @@ class SensitivityPruner(_ThresholdPruner):
         sensitivity = self.sensitivities.get(param_name, self.sensitivities.get("*"))
         assert sensitivity is not None
         if param_name not in self.stddevs:
-            self.stddevs[param_name] = torch.std(param.detach()).item()
+            self.stddevs[param_name] = scalar(torch.std(param.detach()))
         return self.stddevs[param_name] * sensitivity
 
     def state_dict(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from hookprune.pruning.structures import (
     prune_lowest,
     structure_scores,
 )
+from hookprune.sharding import scalar
 
 #: The group types Distiller's Lp-ranked pruners accept (``3D`` is a spelling of ``Filters``).
 LP_GROUP_TYPES = ("Filters", "Channels", "Rows", "Blocks")
@@ -205,6 +206,15 @@ class StructurePruner(Pruner):
 
     def _noun(self) -> str:
         return STRUCTURE_NOUNS[self.structure]
+
+    @property
+    def refuses_sharding(self) -> str | None:
+        """Why this pruner cannot prune a weight FSDP2 shards: only its blocks cannot (a block may span the rows
+        of two ranks); filters are scored on each rank's rows and selected exactly across the shards, channels
+        and rows by reductions over the shards."""
+        if self.structure == "Blocks":
+            return "group_type Blocks tiles rows that FSDP2 splits between ranks"
+        return None
 
     def _check_model(self, model: torch.nn.Module) -> None:
         """Refuse, at load time, weights whose shape has no such structures or that the Leader cannot lead."""
@@ -469,7 +479,7 @@ class StructureParameterPruner(Pruner):
         threshold, group_type = self.reg_regims[param_name]
         p = 1 if self.threshold_criteria == "Mean_Abs" else math.inf
         keep = structure_scores(param, group_type, p) > threshold
-        if group_type != "4D" and not keep.any():
+        if group_type != "4D" and not scalar(keep.any()):
             raise ValueError(f"pruning all {keep.numel()} {STRUCTURE_NOUNS[group_type]} of '{param_name}' would "
                              f"disconnect the layer (every {self.threshold_criteria} is at most {threshold:g})")
         return expand_structure_mask(keep, param.shape, group_type)

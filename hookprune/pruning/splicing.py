@@ -10,6 +10,7 @@ import torch
 from hookprune.errors import ArgumentError
 from hookprune.pruning.base import Pruner, PruningStep
 from hookprune.pruning.checks import check_number
+from hookprune.sharding import local, scalar
 
 
 def splice_mask(weights: torch.Tensor, current_keep: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -77,7 +78,7 @@ class SplicingPruner(Pruner):
         """The (low, high) thresholds for ``param_name``, measuring ``|param|`` the first time."""
         if param_name not in self.magnitude_stats:
             magnitude = param.detach().abs()
-            self.magnitude_stats[param_name] = (torch.mean(magnitude).item(), torch.std(magnitude).item())
+            self.magnitude_stats[param_name] = (scalar(torch.mean(magnitude)), scalar(torch.std(magnitude)))
         mean, std = self.magnitude_stats[param_name]
         base = mean + std * sensitivity
         return base * self.low_thresh_mult, base * self.hi_thresh_mult
@@ -90,10 +91,12 @@ class SplicingPruner(Pruner):
             assert sensitivity is not None
             param = step.ranked(param_name)
             low, high = self.thresholds(param, param_name, sensitivity)
+            # the engine's mask of a parameter FSDP2 shards is this rank's shard: update it on the shard
+            shard = local(param)
             current = step.scheduler.masks.get(param_name)
             if current is None:
-                current = torch.ones_like(param, dtype=torch.bool)
-            masks[param_name] = splice_mask(param, current, low, high)
+                current = torch.ones_like(shard, dtype=torch.bool)
+            masks[param_name] = splice_mask(shard, current, low, high)
         return masks
 
     def state_dict(self) -> dict[str, Any]:

@@ -109,6 +109,8 @@ class Quantizer(ABC):
     override_keys: tuple[str, ...] = ()
     #: its hooks quantize parameters and never assign a mask
     sets_masks = False
+    refuses_sharding: str | None = ("it fake-quantizes each layer's whole weight, with ranges taken over the whole "
+                                    "weight, which FSDP2 holds only during the forward and backward passes")
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  bits_activations: int | None = None, bits_weights: int | None = None, bits_bias: int | None = None,

@@ -75,6 +75,8 @@ class Regularizer:
 
     policy_args: Mapping[str, Any] = {"keep_mask": bool}
     threshold_criteria: str | None = None
+    refuses_sharding: str | None = ("its loss term is computed from the sharded weights, outside the forward pass "
+                                    "whose loss FSDP2 differentiates")
 
     def targets(self, params: Mapping[str, torch.Tensor]) -> Iterable[str]:
         """The names of ``params`` (the model's, in its order) that the regularizer acts on."""

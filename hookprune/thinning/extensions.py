@@ -33,6 +33,8 @@ class StructureRemover:
     accepted for Distiller's schedules (the live model is what gets analysed).
     """
 
+    refuses_sharding: str | None = "it removes filters and channels from the layers, whose shards FSDP2 cannot resize"
+
     def __init__(self, name: str, thinning_func_str: str, arch: str, dataset: str) -> None:
         if thinning_func_str not in THINNING_FUNCTIONS:
             raise ArgumentError("thinning_func_str", f"'thinning_func_str' must be one of "
