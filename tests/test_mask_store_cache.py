@@ -75,3 +75,33 @@ def test_byte_view_multiply_equals_boolean_multiply(dtype):
     assert torch.equal(got.isnan(), expected.isnan())
     assert torch.equal(got[~expected.isnan()], expected[~expected.isnan()])
     assert torch.equal(got.signbit(), expected.signbit())
+
+
+def test_the_smallest_masks_are_remasked_from_float_copies_within_the_budget(lenet, monkeypatch):
+    from hookprune._engine import masks as store_module
+
+    # LeNet-300-100 on 64 features: fc3 (1,000), fc1 (19,200) and fc2 (30,000) float32 elements
+    monkeypatch.setattr(store_module, "FLOAT_MULTIPLIER_BYTES", 4 * (1_000 + 19_200))
+    sched = hookprune.CompressionScheduler(lenet)
+    generator = torch.Generator().manual_seed(1)
+    keeps = {name: torch.rand(lenet.get_parameter(name).shape, generator=generator) > 0.3
+             for name in ("fc1.weight", "fc2.weight", "fc3.weight")}
+    for name, keep in keeps.items():
+        sched.masks[name] = keep
+    sched.masks.apply_after_step()
+    ((_, multipliers),) = sched.masks._groups
+    dtypes = {name: m.dtype for name, m in zip(("fc1.weight", "fc2.weight", "fc3.weight"), multipliers, strict=True)}
+    assert dtypes == {"fc1.weight": torch.float32, "fc2.weight": torch.uint8, "fc3.weight": torch.float32}
+    copy = multipliers[0]
+    perturb(lenet)
+    sched.masks.apply_after_step()
+    for name, keep in keeps.items():
+        weight = lenet.get_parameter(name)
+        assert zeros(weight) == int((~keep).sum()) and bool(weight[~keep].eq(0).all()), name
+        assert sched.masks[name].dtype == torch.bool
+    sched.masks["fc2.weight"] = keeps["fc2.weight"].clone()
+    sched.masks.apply_after_step()
+    assert sched.masks._groups[0][1][0] is copy, "an unchanged mask keeps its copy"
+    sched.masks["fc1.weight"] = ~keeps["fc1.weight"]
+    sched.masks.apply_after_step()
+    assert torch.equal(sched.masks._groups[0][1][0], (~keeps["fc1.weight"]).float())

@@ -2,7 +2,11 @@
 
 A mask multiplies a floating-point tensor through its ``uint8`` view (the same byte, no copy): torch's
 CPU kernels convert ``uint8`` to float in vectorized loops but ``bool`` one element at a time, about
-four times slower for float32 (``benchmarks/overhead.py`` measures the per-step cost).
+four times slower for float32. Multiplying by a copy of the mask in the parameter's own dtype is about
+twice as fast again on the CPU, so the re-masking after each optimizer step uses such copies for the
+smallest masks, within :data:`FLOAT_MULTIPLIER_BYTES` in all: a small model (where the per-step cost
+matters most) is re-masked at float speed, and a large one keeps one byte per element plus at most that
+budget (``benchmarks/overhead.py`` measures both).
 
 A parameter FSDP2 shards (a DTensor, :mod:`hookprune.sharding`) has its mask on this rank's shard only: the
 store keeps the local mask, multiplies the local tensor, and hands out the local mask.
@@ -23,6 +27,10 @@ from hookprune._engine.params import ParamIndex
 #: gradients of masked elements zeroed
 OPTIONS = ("mask_on_forward_only", "use_double_copies", "mask_gradients")
 _FORWARD = "forward"
+#: the most bytes the copies of masks in their parameters' dtype may take in all (see the module's docstring):
+#: 1 MiB, a quarter of a million float32 elements, so masks never hold more than their one byte per element
+#: plus this
+FLOAT_MULTIPLIER_BYTES = 1 << 20
 
 
 def multiplier(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
@@ -89,6 +97,8 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         self.sharded = sharding.sharded_params(self.index.params)
         #: groups of sharded parameters re-masked after each step, their local tensors looked up at each step
         self._sharded_groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+        #: parameter name -> (the boolean mask, its copy in the parameter's dtype) for the re-masking after a step
+        self._float_copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def resolve(self, name: str) -> str:
         """The model's spelling of ``name``; KeyError naming the nearest parameters when there is none."""
@@ -236,6 +246,7 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
         """The parameters re-masked after each step and their multipliers, one group per device and dtype (sharded
         parameters in groups of their own, whose local tensors are looked up at each step)."""
         groups: dict[tuple[torch.device, torch.dtype, bool], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        copies = self._float_multipliers()
         for name, mask in self._masks.items():
             if "mask_on_forward_only" in self._options.get(name, ()):
                 continue
@@ -246,11 +257,33 @@ class MaskStore(MutableMapping[str, torch.Tensor]):
                 mask = self._masks[name] = mask.to(tensor.device)
             params, multipliers = groups.setdefault((tensor.device, tensor.dtype, is_sharded), ([], []))
             params.append(param)
-            multipliers.append(multiplier(mask, tensor))
+            copy = copies.get(name)
+            multipliers.append(copy if copy is not None and copy.device == tensor.device else multiplier(mask, tensor))
         self._groups = [group for (_, _, is_sharded), group in groups.items() if not is_sharded]
         self._sharded_groups = [group for (_, _, is_sharded), group in groups.items() if is_sharded]
         self._group_devices = [params[0].device for params, _ in self._groups]
         return self._groups
+
+    def _float_multipliers(self) -> dict[str, torch.Tensor]:
+        """Copies of the smallest masks of floating-point parameters in their parameters' dtype, within
+        :data:`FLOAT_MULTIPLIER_BYTES` in all; a copy is made again only when its mask is replaced."""
+        candidates = sorted((name for name in self._masks if name not in self.sharded
+                             and self.index.params[name].is_floating_point()),
+                            key=lambda n: self.index.params[n].numel())
+        kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        budget = FLOAT_MULTIPLIER_BYTES
+        for name in candidates:
+            param, mask = self.index.params[name], self._masks[name]
+            size = param.numel() * param.element_size()
+            if size > budget:
+                break
+            cached = self._float_copies.get(name)
+            if cached is None or cached[0] is not mask or cached[1].dtype != param.dtype:
+                cached = (mask, mask.to(device=param.device, dtype=param.dtype))
+            kept[name] = cached
+            budget -= size
+        self._float_copies = kept
+        return {name: copy for name, (_, copy) in kept.items()}
 
     def _changed(self) -> None:
         """Forget what was derived from the masks and their options."""
