@@ -8,7 +8,6 @@ import argparse
 import functools
 import math
 import re
-import runpy
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 import hookprune
 from hookprune import cli, models, testing
 from hookprune import knowledge_distillation as kd
+from hookprune.apputils.arguments import build_parser
 from hookprune.apputils.data_loaders import input_adapter, sample_shape
 from hookprune.apputils.models import AdaptedInput
 from hookprune.config.builder import build
@@ -31,7 +31,6 @@ from hookprune.thinning.extensions import StructureRemover
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES_DIR = ROOT / "examples" / "schedules"
 SCHEDULES = sorted(SCHEDULES_DIR.glob("*.yaml"))
-APP = ROOT / "examples" / "classifier_compression" / "compress_classifier.py"
 APP_PREFIX = "python examples/classifier_compression/compress_classifier.py "
 DATASET = "digits"
 BATCH = 8
@@ -39,8 +38,8 @@ BATCH = 8
 
 @functools.cache
 def app_parser() -> argparse.ArgumentParser:
-    """The example application's command line (the parser is the one part of it that is not in apputils)."""
-    return runpy.run_path(str(APP))["build_parser"]()
+    """The example application's command line."""
+    return build_parser("compress_classifier.py", "")
 
 
 @dataclass(frozen=True)
