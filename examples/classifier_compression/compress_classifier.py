@@ -36,7 +36,8 @@ from torch import nn
 import hookprune
 from hookprune import distributed, sensitivity
 from hookprune import knowledge_distillation as kd
-from hookprune.apputils.arguments import DEFAULT_ARCH, build_parser, check_training_stack
+from hookprune.apputils.activation_stats import ActivationStats
+from hookprune.apputils.arguments import DEFAULT_ARCH, build_parser, check_app_options, check_training_stack
 from hookprune.apputils.checkpoint import load_weights, model_state, read_checkpoint, resume_run, save_checkpoint
 from hookprune.apputils.data_loaders import (
     classes_of,
@@ -49,10 +50,16 @@ from hookprune.apputils.device import choose_device, shard_model, wrap_model
 from hookprune.apputils.errors import AppError
 from hookprune.apputils.evaluation import Scores, evaluate
 from hookprune.apputils.fsdp import load_whole_weights, resume_sharded_run, save_gathered_checkpoint
+from hookprune.apputils.greedy import greedy_search
 from hookprune.apputils.history import best_key, epoch_entry, layer_records, plot_training, write_json
+from hookprune.apputils.model_summary import compute_summary, draw_graph, modules_table
 from hookprune.apputils.models import AdaptedInput, build_model, check_arch
+from hookprune.apputils.post_training import STATS_FILE, calibrate, describe, post_train_quantizer
+from hookprune.apputils.pretrained import pretrained_weights
+from hookprune.apputils.reports import best_scores, confusion_table, masks_table
 from hookprune.apputils.rng import resolve_seed, rng_state, seed_run
-from hookprune.apputils.run_folder import RunLog, new_run_folder
+from hookprune.apputils.run_folder import RunLog, debug_messages, new_run_folder
+from hookprune.apputils.thinnify import thinnify
 from hookprune.apputils.training import MixedPrecision, Trainer
 from hookprune.config.reader import read_schedule
 from hookprune.sparsity import format_table, sparsity_report, total_sparsity
@@ -114,8 +121,13 @@ class Run:
         self.model = build_model(self.arch, self.num_classes, self.shape, self.device)
         if args.fsdp:
             shard_model(self.model, self.device)
+        if args.pretrained is not None:
+            path = pretrained_weights(self.arch, args.pretrained)
+            load_weights(self.model, path, self.arch)
+            self.say(f"pretrained weights: {path}")
         self.teacher_model: nn.Module | None = None
         self.run_dir: Path | None = None
+        self.act_stats = ActivationStats(self.model, args.act_stats)
 
     # -- output ---------------------------------------------------------------------------
 
@@ -154,6 +166,11 @@ class Run:
         if self.args.fsdp:
             return model
         return wrap_model(model, self.device, self.gpu_ids, launched=self.launch is not None)
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        """One zero sample of the data set's shape, on the model's device: what tracing and MAC counting run."""
+        return torch.zeros((1, *self.shape), device=self.device)
 
     def new_optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=self.args.lr if lr is None else lr, momentum=self.args.momentum,
@@ -276,6 +293,17 @@ class Run:
         elif args.exp_load_weights_from:
             self.load_weights(args.exp_load_weights_from)
             sched.mask_all_weights()
+        if args.thinnify or args.greedy:
+            return self.thin(sched)
+        if args.qe_calibration is not None:
+            stats = calibrate(self.model, self.train_loader, args.qe_calibration, self.device, self.stats_path)
+            self.say(f"activation statistics of {len(stats)} modules: {self.stats_path}")
+            if not args.quantize_eval:
+                return 0
+        if args.quantize_eval:
+            quantizer = post_train_quantizer(self.model, args, self.stats_path or args.qe_stats_file)
+            self.say(describe(quantizer))
+            quantizer.prepare_model()
         net = self.wrap(self.model)
         if args.compile is not None:
             net = torch.compile(net, backend=args.compile)
@@ -285,13 +313,76 @@ class Run:
             return self.sense(net)
         return self.train(net, optimizer, sched, teacher, start_epoch, history, best)
 
+    @property
+    def stats_path(self) -> Path | None:
+        """Where --qe-calibration saves the activation statistics (in the run folder)."""
+        if self.args.qe_calibration is None or self.run_dir is None:
+            return None
+        return self.run_dir / STATS_FILE
+
     def show_summary(self) -> int:
         path = self.args.resume_from or self.args.exp_load_weights_from
         if path:
             self.load_weights(path)
-        if self.main:
-            print(format_table(sparsity_report(self.model)))
+        if not self.main:
+            return 0
+        for summary in self.args.summary:
+            if summary == "sparsity":
+                print(format_table(sparsity_report(self.model)))
+            elif summary == "compute":
+                dense = build_model(self.arch, self.num_classes, self.shape, self.device)
+                print(compute_summary(dense, self.model, self.example_input))
+            elif summary == "model":
+                print(self.model)
+            elif summary == "modules":
+                print(modules_table(self.model))
+            else:
+                if self.run_dir is None:
+                    self.open_run_dir()
+                assert self.run_dir is not None
+                print(f"model graph: {draw_graph(self.model, self.run_dir / f'{self.arch}.png')}")
         return 0
+
+    def thin(self, sched: hookprune.CompressionScheduler) -> int:
+        """--thinnify and --greedy: shrink the loaded model, save it in the run folder and test it."""
+        args = self.args
+        option = "--thinnify" if args.thinnify else "--greedy"
+        if self.launch is not None:
+            raise AppError(f"{option} changes the model's shapes; run it in one process, not under torchrun")
+        before = sum(p.numel() for p in self.model.parameters())
+        if args.thinnify:
+            applied = thinnify(self.model, self.example_input, sched.masks)
+            after = sum(p.numel() for p in self.model.parameters())
+            self.say(f"thinned: {before:,} -> {after:,} parameters ({applied} thinning recipes)")
+            if self.run_dir is not None:
+                path = save_checkpoint(0, self.arch, self.model, scheduler=sched,
+                                       name=f"{args.name or self.arch}_thinned", dir=self.run_dir)
+                self.say(f"thinned model: {path}")
+            self.say("note: the thinned model computes what the masked one did; fine-tune it if it was pruned harshly")
+        else:
+            steps = greedy_search(self.model, self.example_input, args, self.arch, self.train_loader,
+                                  self.val_loader, self.device, self.run_dir, self.say)
+            if not steps or steps[-1].density > args.greedy_target_density:
+                self.say("greedy: no convolution can lose another filter; stopped above the target density")
+        self.test(self.model)
+        self.save_act_stats()
+        return 0
+
+    def test(self, net: nn.Module) -> tuple[Scores, list[Any]]:
+        """Evaluate on the test split, print the sparsity table, the scores and with --confusion the matrix;
+        returns the scores and the sparsity table's rows."""
+        confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long) if self.args.confusion else None
+        with self.act_stats.phase("test"):
+            scores = evaluate(net, self.test_loader, self.device, self.reduce, confusion)
+        rows = self.report(scores)
+        if confusion is not None:
+            self.say(confusion_table(confusion))
+        return scores, rows
+
+    def save_act_stats(self) -> None:
+        if self.run_dir is not None and self.args.act_stats:
+            for name in self.act_stats.save(self.run_dir):
+                self.say(f"activation statistics: {self.run_dir / name}")
 
     def resume(self, sched: hookprune.CompressionScheduler, optimizer: torch.optim.Optimizer,
                ) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
@@ -312,8 +403,8 @@ class Run:
 
     def evaluate_only(self, net: nn.Module) -> int:
         tic = time.perf_counter()
-        scores = evaluate(net, self.test_loader, self.device, self.reduce)
-        rows = self.report(scores)
+        scores, rows = self.test(net)
+        self.save_act_stats()
         if self.run_dir is not None:
             write_json(self.summary([], None, scores, {"test_s": time.perf_counter() - tic,
                                                        "total_s": time.perf_counter() - self.started}, rows),
@@ -371,8 +462,10 @@ class Run:
         epoch_times: list[float] = []
         for epoch in range(start_epoch, args.epochs):
             tic = time.perf_counter()
-            loss = trainer.epoch(epoch, args.epochs)
-            scores = evaluate(net, self.val_loader, self.device, self.reduce)
+            with self.act_stats.phase("train"):
+                loss = trainer.epoch(epoch, args.epochs)
+            with self.act_stats.phase("valid"):
+                scores = evaluate(net, self.val_loader, self.device, self.reduce)
             lr = optimizer.param_groups[0]["lr"]
             sched.fire("on_epoch_end", epoch=epoch, metrics={"min": scores.loss, "max": scores.top1})
             rows = sparsity_report(self.model)
@@ -395,6 +488,10 @@ class Run:
             self.say(f"epoch {epoch + 1}/{args.epochs}  loss {loss.total:.4f} ({parts})  val top-1 {scores.top1:.2f}%"
                      f"  top-5 {scores.top5:.2f}%  loss {scores.loss:.4f}  sparsity {entry['sparsity']:.2f}%  "
                      f"lr {lr:.5g}  {epoch_times[-1]:.1f} s")
+            for line in best_scores(history, args.num_best_scores):
+                self.say(line)
+            if args.masks_sparsity:
+                self.say(masks_table(sched.masks))
             if self.run_dir is not None:
                 write_json(self.summary(history, best, None, {"epoch_s": epoch_times}, rows), self.run_dir / SUMMARY)
         if self.launch is not None:
@@ -405,8 +502,8 @@ class Run:
             else:
                 self.say(f"masks identical on all {self.launch.world_size} ranks ({count} masks compared)")
         tic = time.perf_counter()
-        test = evaluate(net, self.test_loader, self.device, self.reduce)
-        rows = self.report(test)
+        test, rows = self.test(net)
+        self.save_act_stats()
         if best is not None:
             self.say(f"best epoch {best['epoch'] + 1}: val top-1 {best['val_top1']:.2f}%, {best['nonzeros']} non-zero "
                      f"weights ({best['sparsity']:.2f}% sparsity)")
@@ -433,8 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = None
     try:
-        run = Run(args)
-        return run.run()
+        check_app_options(args)
+        with debug_messages(args.verbose):
+            run = Run(args)
+            return run.run()
     except ValueError as exc:  # ScheduleError, DataError, CheckpointError, ArgumentError, AppError
         print(f"{PROG}: error: {rank_prefix()}{' '.join(str(exc).split())}", file=sys.stderr)
         return 2

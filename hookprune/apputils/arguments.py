@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 
 from hookprune import knowledge_distillation as kd
+from hookprune.apputils.activation_stats import PHASES, check_phases
 from hookprune.apputils.data_loaders import DATASETS
 from hookprune.apputils.errors import AppError
+from hookprune.apputils.greedy import check_greedy_args
+from hookprune.apputils.model_summary import SUMMARY_CHOICES
+from hookprune.apputils.post_training import CLIP_MODES, MODES, check_quantization_args
+from hookprune.apputils.pretrained import PRETRAINED_ENV
 from hookprune.apputils.training import AMP_DTYPES
 from hookprune.errors import suggest
+from hookprune.pruning.greedy import FINETUNING_POLICIES
 
 DEFAULT_ARCH = "lenet300_100"
 
@@ -55,13 +61,15 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         p.add_argument(f"--effective-{split}-size", type=float, default=1.0, metavar="FRACTION",
                        help=f"use this leading fraction of the {split} split")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--summary", nargs="?", const="sparsity", choices=["sparsity"],
-                      help="print the model's sparsity table and exit")
+    add_summary_args(mode)
     mode.add_argument("--sense", choices=["element", "filter", "channel"],
                       help="sensitivity analysis: prune each weight alone to each level and evaluate")
     mode.add_argument("--evaluate", action="store_true", help="evaluate on the test split and exit")
     p.add_argument("--sense-range", nargs=3, type=float, default=[0.0, 0.95, 0.05], metavar=("START", "STOP", "STEP"),
                    help="sparsity levels of --sense (STOP included)")
+    add_quantization_args(p, mode)
+    add_greedy_args(p, mode)
+    add_analysis_args(p, mode)
     kd.add_distillation_args(p)
     p.add_argument("--kd-teacher-epochs", type=int, metavar="N",
                    help="without --kd-resume, train the teacher for N epochs first (default: --epochs)")
@@ -99,3 +107,94 @@ def check_training_stack(args: argparse.Namespace, launched: bool) -> None:
         if args.compile not in backends:
             raise AppError(f"--compile {args.compile}: unknown torch.compile backend{suggest(args.compile, backends)}; "
                            f"backends: {', '.join(backends)}")
+
+
+def add_summary_args(mode: argparse._MutuallyExclusiveGroup) -> None:
+    """``--summary``: the reports of a model that print and exit (repeat it for several)."""
+    mode.add_argument("--summary", nargs="?", const="sparsity", action="append", metavar="|".join(SUMMARY_CHOICES),
+                      help="print a report of the model and exit (repeatable): sparsity (the sparsity table, the "
+                           "default), compute (MACs and weights per convolution and linear layer, dense against "
+                           "compressed: removed structures and zeros apart), model (as PyTorch prints it), modules "
+                           "(names and types), png (draw the graph into the run folder)")
+
+
+def add_quantization_args(p: argparse.ArgumentParser, mode: argparse._MutuallyExclusiveGroup) -> None:
+    """Distiller's post-training quantization options: ``--quantize-eval`` and the ``--qe-*`` settings."""
+    group = p.add_argument_group("post-training quantization (with --evaluate)")
+    group.add_argument("--quantize-eval", "--qe", dest="quantize_eval", action="store_true",
+                       help="quantize the model with a PostTrainLinearQuantizer and evaluate it on the test split")
+    group.add_argument("--qe-mode", "--qem", dest="qe_mode", default="sym", metavar="|".join(MODES),
+                       help="linear quantization mode: symmetric, symmetric restricted, asymmetric signed or unsigned")
+    group.add_argument("--qe-bits-acts", "--qeba", dest="qe_bits_acts", type=int, default=8, metavar="N",
+                       help="bits of the activations")
+    group.add_argument("--qe-bits-wts", "--qebw", dest="qe_bits_wts", type=int, default=8, metavar="N",
+                       help="bits of the weights")
+    group.add_argument("--qe-bits-accum", dest="qe_bits_accum", type=int, default=32, metavar="N",
+                       help="bits of the accumulator (and the bias)")
+    group.add_argument("--qe-per-channel", "--qepc", dest="qe_per_channel", action="store_true",
+                       help="quantize the weights per output channel")
+    group.add_argument("--qe-clip-acts", "--qeca", dest="qe_clip_acts", default="none", metavar="|".join(CLIP_MODES),
+                       help="how activation ranges are clipped from the statistics")
+    group.add_argument("--qe-clip-n-stds", dest="qe_clip_n_stds", type=float, metavar="N",
+                       help="with --qe-clip-acts n_std: the number of standard deviations kept")
+    group.add_argument("--qe-stats-file", metavar="PATH",
+                       help="activation statistics YAML (Distiller's format); without it or --qe-calibration the "
+                            "activation ranges come from each batch")
+    group.add_argument("--qe-calibration", type=float, metavar="FRACTION",
+                       help="collect activation statistics on this leading fraction of the training split and save "
+                            "them in the run folder (alone: then exit; with --qe: quantize with them)")
+    group.add_argument("--qe-config-file", metavar="YAML",
+                       help="a schedule-style YAML whose quantizers section holds the PostTrainLinearQuantizer to use "
+                            "(replaces the other --qe-* settings)")
+
+
+def add_greedy_args(p: argparse.ArgumentParser, mode: argparse._MutuallyExclusiveGroup) -> None:
+    """Distiller's greedy filter pruning options."""
+    mode.add_argument("--greedy", action="store_true",
+                      help="greedy filter pruning: remove, step by step, the filters whose loss hurts validation "
+                           "top-1 least, until --greedy-target-density; then evaluate and exit")
+    group = p.add_argument_group("greedy filter pruning")
+    group.add_argument("--greedy-target-density", type=float, metavar="FRACTION",
+                       help="stop when the model's MACs are at most this fraction of the dense model's")
+    group.add_argument("--greedy-pruning-step", type=float, default=0.1, metavar="FRACTION",
+                       help="fraction of a layer's filters each step removes")
+    group.add_argument("--greedy-ft-epochs", type=int, default=1, metavar="N",
+                       help="epochs of fine-tuning of each candidate (0: none)")
+    group.add_argument("--greedy-finetuning-policy", default="constant", metavar="|".join(FINETUNING_POLICIES),
+                       help="fine-tune on --effective-train-size of the training split (constant) or on a share "
+                            "that grows as the model shrinks (linear-grow)")
+
+
+def add_analysis_args(p: argparse.ArgumentParser, mode: argparse._MutuallyExclusiveGroup) -> None:
+    """Distiller's remaining options: thinning a loaded model, statistics and reports, pretrained weights."""
+    mode.add_argument("--thinnify", action="store_true",
+                      help="remove the zero filters and channels of the loaded model, save it in the run folder "
+                           "and exit")
+    p.add_argument("--act-stats", "--activation-stats", dest="act_stats", nargs="+", default=[],
+                   metavar="PHASE", help=f"collect per-layer activation statistics in these phases "
+                                         f"({', '.join(PHASES)}) into the run folder")
+    p.add_argument("--confusion", action="store_true", help="print the confusion matrix after each test evaluation")
+    p.add_argument("--num-best-scores", type=int, default=1, metavar="N",
+                   help="print the N best epochs so far after each epoch")
+    p.add_argument("--masks-sparsity", action="store_true", help="print the masks' sparsity after each epoch")
+    p.add_argument("--verbose", "-v", action="store_true", help="print the library's debug messages")
+    p.add_argument("--pretrained", nargs="?", const="", metavar="PATH",
+                   help=f"start from pretrained weights: the file PATH, or without it ARCH.pth in the folder "
+                        f"${PRETRAINED_ENV} names or torchvision's weights in torch hub's cache (never downloaded)")
+
+
+def check_app_options(args: argparse.Namespace) -> None:
+    """Refuse, in one line naming the option and its value, the values of the options above that cannot run."""
+    for summary in args.summary or []:
+        if summary not in SUMMARY_CHOICES:
+            raise AppError(f"--summary {summary}: unknown report{suggest(summary, SUMMARY_CHOICES)}; choose from "
+                           f"{', '.join(SUMMARY_CHOICES)}")
+    check_quantization_args(args)
+    check_greedy_args(args)
+    check_phases(args.act_stats)
+    if args.num_best_scores < 1:
+        raise AppError(f"--num-best-scores {args.num_best_scores}: must be >= 1")
+    if args.thinnify and not (args.resume_from or args.exp_load_weights_from):
+        raise AppError("--thinnify thins a trained model: give it with --resume-from or --exp-load-weights-from")
+    if args.pretrained is not None and (args.resume_from or args.exp_load_weights_from):
+        raise AppError("--pretrained with --resume-from or --exp-load-weights-from: start from one set of weights")

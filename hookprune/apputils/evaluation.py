@@ -23,13 +23,14 @@ class Scores:
 
 
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-             reduce: bool = False) -> Scores:
+             reduce: bool = False, confusion: torch.Tensor | None = None) -> Scores:
     """Accuracy and cross-entropy of ``model`` over ``loader``, in eval mode and without gradients.
 
     With ``reduce`` (distributed training: ``loader`` reads this rank's shard), the counts and sums are added
     over all ranks, so every rank gets the scores of the whole split. The bare model runs, with rank 0's buffers:
     DistributedDataParallel's forward would broadcast buffers, a collective that shards of unequal length cannot
-    match call for call. An empty split raises :class:`AppError`.
+    match call for call. An empty split raises :class:`AppError`. ``confusion``, a classes x classes integer
+    tensor, receives the count of each (true class, predicted class) pair, summed over the ranks with ``reduce``.
     """
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
@@ -46,9 +47,16 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torc
             hits1 += int((top[:, 0] == y).sum())
             hits5 += int((top == y[:, None]).any(dim=1).sum())
             count += len(y)
+            if confusion is not None:
+                classes = confusion.shape[0]
+                pairs = y.cpu() * classes + top[:, 0].cpu()
+                confusion += torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
     if reduce:
         sums = distributed.all_sum([count, loss_sum, hits1, hits5])
         count, loss_sum, hits1, hits5 = int(sums[0]), sums[1], int(sums[2]), int(sums[3])
+        if confusion is not None:
+            summed = distributed.all_sum(confusion.flatten().tolist())
+            confusion.copy_(torch.tensor(summed, dtype=torch.float64).round().view_as(confusion))
     if not count:
         raise AppError("the evaluation split is empty: lower --vs or raise --effective-*-size")
     return Scores(100 * hits1 / count, 100 * hits5 / count, loss_sum / count)

@@ -1,9 +1,13 @@
-"""Where a run writes: a new folder ``OUT_DIR/NAME___TIMESTAMP`` and the log of every line the run prints."""
+"""Where a run writes: a new folder ``OUT_DIR/NAME___TIMESTAMP``, the log of every line the run prints, and with
+``--verbose`` the library's debug messages on stderr."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
@@ -51,3 +55,30 @@ class RunLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+class _Stderr(logging.Handler):
+    """Writes records to the ``sys.stderr`` of the moment they are emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+
+
+@contextlib.contextmanager
+def debug_messages(enabled: bool) -> Iterator[None]:
+    """Inside the block, with ``enabled``, print hookprune's log messages from the debug level up on stderr, each
+    prefixed with its logger's name; the logger is restored afterwards."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("hookprune")
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
