@@ -296,6 +296,8 @@ class Run:
         if args.thinnify or args.greedy:
             return self.thin(sched)
         if args.qe_calibration is not None:
+            if self.launch is not None:
+                raise AppError("--qe-calibration collects statistics over one process's data; run it in one process")
             stats = calibrate(self.model, self.train_loader, args.qe_calibration, self.device, self.stats_path)
             self.say(f"activation statistics of {len(stats)} modules: {self.stats_path}")
             if not args.quantize_eval:
