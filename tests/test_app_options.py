@@ -18,9 +18,9 @@ from torch import nn
 
 import hookprune
 from hookprune import models
-from hookprune.apputils.checkpoint import save_checkpoint
+from hookprune.apputils.checkpoint import load_weights, save_checkpoint
 from hookprune.errors import ScheduleWarning
-from hookprune.pruning.greedy import greedy_filter_pruning
+from hookprune.pruning.greedy import greedy_filter_pruning, prune_weakest_filters
 from hookprune.quantization import load_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,8 +280,6 @@ def test_thinnify_removes_zero_filters_saves_a_loadable_model_and_keeps_its_outp
     assert f"thinned: {before:,} -> {after:,} parameters" in out
 
     fresh = models.create_model("simplenet_mnist")
-    from hookprune.apputils.checkpoint import load_weights
-
     load_weights(fresh, thinned, "simplenet_mnist")
     x = torch.randn(4, 1, 28, 28)
     model.eval()
@@ -356,9 +354,7 @@ def test_greedy_pruning_removes_the_filters_that_hurt_least_until_the_target_den
         for layer in ("0", "2"):
             other = copy.deepcopy(before)
             count = max(1, int(0.25 * other.get_submodule(layer).out_channels))
-            from hookprune.pruning.greedy import _prune_filters
-
-            if _prune_filters(other, layer, count, example):
+            if prune_weakest_filters(other, layer, count, example):
                 assert accuracy(other, x, y) <= step.score
         before = pruned
     assert accuracy(model, x, y) >= accuracy(trained, x, y) - 25

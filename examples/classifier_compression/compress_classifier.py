@@ -119,12 +119,12 @@ class Run:
         self.val_loader = val_loader if val_loader is not None else self.test_loader
         self.num_classes = classes_of(self.dataset, args.data)
         self.model = build_model(self.arch, self.num_classes, self.shape, self.device)
-        if args.fsdp:
-            shard_model(self.model, self.device)
         if args.pretrained is not None:
             path = pretrained_weights(self.arch, args.pretrained)
             load_weights(self.model, path, self.arch)
             self.say(f"pretrained weights: {path}")
+        if args.fsdp:
+            shard_model(self.model, self.device)
         self.teacher_model: nn.Module | None = None
         self.run_dir: Path | None = None
         self.act_stats = ActivationStats(self.model, args.act_stats)
@@ -360,7 +360,8 @@ class Run:
                 path = save_checkpoint(0, self.arch, self.model, scheduler=sched,
                                        name=f"{args.name or self.arch}_thinned", dir=self.run_dir)
                 self.say(f"thinned model: {path}")
-            self.say("note: the thinned model computes what the masked one did; fine-tune it if it was pruned harshly")
+            self.say("note: the biases and BatchNorm entries of the removed filters went with them; fine-tune the "
+                     "thinned model if its accuracy fell")
         else:
             steps = greedy_search(self.model, self.example_input, args, self.arch, self.train_loader,
                                   self.val_loader, self.device, self.run_dir, self.say)

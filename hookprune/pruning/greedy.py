@@ -46,9 +46,9 @@ class GreedyStep:
     weights: int
 
 
-def _prune_filters(model: nn.Module, layer: str, count: int, example_input: Any) -> bool:
-    """Zero the ``count`` filters of ``layer`` with the smallest L1 norms and thin ``model``; whether any removal
-    took place."""
+def prune_weakest_filters(model: nn.Module, layer: str, count: int, example_input: Any) -> bool:
+    """Zero the ``count`` filters of the convolution ``layer`` with the smallest L1 norms and thin ``model`` (traced
+    on ``example_input``); whether anything was removed (filters tied to others by a residual addition stay)."""
     conv = model.get_submodule(layer)
     with torch.no_grad():
         norms = conv.weight.detach().abs().flatten(1).sum(1)
@@ -90,7 +90,7 @@ def greedy_filter_pruning(model: nn.Module, example_input: Any, score: Score, ta
             if count < 1:
                 continue
             candidate = copy.deepcopy(model)
-            if not _prune_filters(candidate, name, count, example_input):
+            if not prune_weakest_filters(candidate, name, count, example_input):
                 continue
             candidate_macs = total_macs(layer_compute(candidate, example_input))
             if candidate_macs >= macs:
@@ -103,7 +103,7 @@ def greedy_filter_pruning(model: nn.Module, example_input: Any, score: Score, ta
         if best is None:
             break
         rating, macs, name, count, winner = best
-        _prune_filters(model, name, count, example_input)
+        prune_weakest_filters(model, name, count, example_input)
         model.load_state_dict(winner.state_dict())
         step = GreedyStep(len(steps) + 1, name, count, model.get_submodule(name).out_channels, rating, macs,
                           macs / dense, sum(p.numel() for p in model.parameters()))
