@@ -3,5 +3,8 @@ scripts of your own: ``data_loaders`` (the data sets), ``models`` (architectures
 ``device`` (where to train, and the model sharded with FSDP2), ``rng`` (seeds and generator states), ``training``
 (an epoch that fires hookprune's events, optionally in mixed precision), ``evaluation`` (top-1/top-5 and loss),
 ``checkpoint`` (writing, reading, resuming), ``fsdp`` (checkpoints of a sharded model, gathered whole),
-``history`` (the best epoch, ``summary.json``, the plot), ``run_folder`` (the run's folder and log) and
-``errors`` (the one-line error of a command line)."""
+``history`` (the best epoch, ``summary.json``, the plot), ``run_folder`` (the run's folder, log and debug
+messages), ``model_summary`` (the ``--summary`` reports), ``post_training`` (the ``--qe-*`` quantizer and its
+calibration), ``greedy`` (greedy filter pruning's scoring, fine-tuning and records), ``thinnify``,
+``activation_stats``, ``reports`` (masks, confusion matrix, best scores), ``pretrained`` (local weights),
+``arguments`` (the command line) and ``errors`` (the one-line error of a command line)."""

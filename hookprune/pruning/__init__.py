@@ -10,4 +10,6 @@ points, exactly as a third party's class would be.
   :mod:`~hookprune.pruning.global_magnitude`, :mod:`~hookprune.pruning.nm`, :mod:`~hookprune.pruning.splicing`,
   :mod:`~hookprune.pruning.baidu_rnn`; :mod:`~hookprune.pruning.structures`, the geometry of structures.
 - :mod:`~hookprune.pruning.masking`: a pruner policy's masking options, for any pruner.
+- :mod:`~hookprune.pruning.greedy`: Distiller's greedy filter pruning, a search over thinned copies of a model
+  (a function, not a schedule class).
 """
