@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from hookprune import knowledge_distillation as kd
 from hookprune.apputils.activation_stats import PHASES, check_phases
@@ -19,9 +20,17 @@ from hookprune.pruning.greedy import FINETUNING_POLICIES
 DEFAULT_ARCH = "lenet300_100"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors (an unknown option, a value of the wrong type, options that exclude each
+    other) are one line naming the option, and exit status 2, as every other bad input of the application."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Distiller's ``compress_classifier.py`` options, with the same names and meanings."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
+    p = OneLineParser(prog=prog, description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", nargs="?", metavar="DATA_DIR",
                    help="folder of the data set (MNIST, CIFAR-10 or an ImageFolder tree); none: the digits data")
