@@ -352,9 +352,10 @@ class Run:
         self.say(f"top-1 (%) by sparsity (%): {self.run_dir / 'sensitivity.csv'}, {self.run_dir / 'sensitivity.png'}")
         return 0
 
-    def report(self, scores: Scores) -> list[Any]:
-        """Print the sparsity table and the test scores; returns the table's rows."""
-        rows = sparsity_report(self.model)
+    def report(self, scores: Scores, masked: list[str] | None = None) -> list[Any]:
+        """Print the sparsity table (the weights, and the ``masked`` parameters of fewer dimensions) and the test
+        scores; returns the table's rows."""
+        rows = sparsity_report(self.model, masked=masked or ())
         self.say()
         self.say(format_table(rows))
         self.say()
@@ -375,7 +376,7 @@ class Run:
             scores = evaluate(net, self.val_loader, self.device, self.reduce)
             lr = optimizer.param_groups[0]["lr"]
             sched.fire("on_epoch_end", epoch=epoch, metrics={"min": scores.loss, "max": scores.top1})
-            rows = sparsity_report(self.model)
+            rows = sparsity_report(self.model, masked=list(sched.masks))
             entry = epoch_entry(epoch, loss, scores, rows, lr)
             history.append(entry)
             is_best = best is None or best_key(entry) >= best_key(best)
@@ -406,7 +407,7 @@ class Run:
                 self.say(f"masks identical on all {self.launch.world_size} ranks ({count} masks compared)")
         tic = time.perf_counter()
         test = evaluate(net, self.test_loader, self.device, self.reduce)
-        rows = self.report(test)
+        rows = self.report(test, list(sched.masks))
         if best is not None:
             self.say(f"best epoch {best['epoch'] + 1}: val top-1 {best['val_top1']:.2f}%, {best['nonzeros']} non-zero "
                      f"weights ({best['sparsity']:.2f}% sparsity)")
