@@ -116,3 +116,13 @@ def test_names_and_other_sections_never_warn_about_1d_parameters(lenet):
         warnings.simplefilter("error")
         sched = hookprune.load(data, lenet)
     assert sched.instances["p"].params_names == ["fc1.weight", "fc1.bias"]
+
+
+def test_check_prints_the_1d_warning_and_accepts_the_schedule(tmp_path, capsys):
+    from hookprune import cli
+
+    path = _yaml_schedule(tmp_path, ["re:fc[12].*"])
+    assert cli.main(["check", str(path), "--arch", "lenet300_100"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}:8:7: pruners.p (AutomatedGradualPruner): 're:fc[12].*' selects 2 1-D parameters " \
+           "(fc1.bias, fc2.bias)" in err
