@@ -782,3 +782,14 @@ def test_an_epoch_without_a_forward_call_is_refused_rather_than_left_unthinned()
 def test_bad_input_shapes_are_refused(remover, message):
     with pytest.raises(hookprune.ScheduleError, match=message):
         digits_run([0], **remover)
+
+
+def test_a_model_called_with_keywords_only_is_refused_naming_why():
+    model, _, sched = digits_run([0])
+    sched.fire("on_epoch_begin", epoch=0)
+    sched.fire("on_minibatch_begin", epoch=0, minibatch_id=0, minibatches_per_epoch=1)
+    model(x=torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ThinningError, match=r"^FilterRemover 'net_thinner': epoch 0 ended with the model called only "
+                                            r"with other than positional tensors \(keyword arguments, say\), which "
+                                            r"cannot show its input shape, so it was not thinned"):
+        sched.fire("on_epoch_end", epoch=0)

@@ -76,12 +76,14 @@ class StructureRemover:
         #: the shapes and dtypes of the positional tensors of the model's first forward call, when it is watched
         self.seen_inputs: list[tuple[tuple[int, ...], torch.dtype]] | None = None
         self._watch: Any = None
+        self._unusable_call = False
         if self.input_shape is None and dataset is None and model is not None:
             self._watch = model.register_forward_pre_hook(self._see)
 
     def _see(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         """Remember the shapes of the first forward call's positional tensors (two samples of the batch)."""
         if not args or not all(isinstance(a, torch.Tensor) and a.dim() > 0 for a in args):
+            self._unusable_call = True
             return
         self.seen_inputs = [((min(int(a.shape[0]), 2), *a.shape[1:]), a.dtype) for a in args]
         if self._watch is not None:
@@ -128,8 +130,10 @@ class StructureRemover:
     def on_epoch_end(self, epoch: int) -> None:
         """Refuse to let an epoch of the policy pass unthinned because the model was never called."""
         if self.thinned_epoch != epoch and not self.knows_input():
-            raise ThinningError(f"{type(self).__name__} '{self.name}': epoch {epoch} ended without a forward call "
-                                "of the model, so it was not thinned; give 'input_shape' or 'dataset'")
+            what = ("with the model called only with other than positional tensors (keyword arguments, say), which "
+                    "cannot show its input shape") if self._unusable_call else "without a forward call of the model"
+            raise ThinningError(f"{type(self).__name__} '{self.name}': epoch {epoch} ended {what}, so it was not "
+                                "thinned; give 'input_shape' or 'dataset'")
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch it last thinned in, so a resumed run does not thin that epoch twice, and the input shapes
