@@ -49,6 +49,7 @@ __all__ = [
     "launch_environment",
     "rank",
     "synchronize_masks",
+    "synchronize_masks_if_distributed",
     "verify_masks",
     "world_size",
 ]
@@ -278,6 +279,21 @@ def synchronize_masks(scheduler: CompressionScheduler, src: int = 0) -> MaskSync
     sync = MaskSynchronizer(scheduler, src)
     scheduler.mask_sync = sync
     return sync
+
+
+def synchronize_masks_if_distributed(scheduler: CompressionScheduler, src: int = 0) -> MaskSynchronizer | None:
+    """Attach a :class:`MaskSynchronizer` to ``scheduler`` when this process is one of several ranks of a process
+    group and the scheduler has none yet; return the scheduler's synchronizer, or None when there is nothing to do.
+
+    What a trainer integration calls once it has built a schedule on the bare model of a data parallel run it did
+    not start itself: one process, or a model sharded by FSDP2 (each rank keeps its own shards' masks), needs none.
+    Collective only in that every rank must call it.
+    """
+    if scheduler.mask_sync is not None:
+        return scheduler.mask_sync
+    if world_size() < 2 or scheduler.masks.sharded:
+        return None
+    return synchronize_masks(scheduler, src)
 
 
 def _digest(mask: torch.Tensor) -> int:

@@ -55,6 +55,10 @@ class Where:
     def error(self, message: str) -> ScheduleError:
         return ScheduleError(message, path=self.path, line=self.line, col=self.col)
 
+    def warning(self, message: str) -> ScheduleWarning:
+        """A :class:`ScheduleWarning` whose text is one line, ``path:line:col: message``, as an error's."""
+        return ScheduleWarning(str(self.error(message)))
+
 
 def suggest(name: object, candidates: Iterable[str], n: int = 3) -> str:
     """Return `` (did you mean 'a' or 'b'?)`` for the nearest candidates, or an empty string."""

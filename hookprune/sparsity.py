@@ -79,10 +79,17 @@ def layer_sparsity(name: str, tensor: torch.Tensor) -> LayerSparsity:
     return LayerSparsity(name, full_shape, math.prod(full_shape), nonzeros, **structures)
 
 
-def sparsity_report(model: torch.nn.Module, names: Iterable[str] | None = None) -> list[LayerSparsity]:
-    """One row per parameter: the named ones, or every weight (dim > 1) when ``names`` is None."""
+def sparsity_report(model: torch.nn.Module, names: Iterable[str] | None = None, *,
+                    masked: Iterable[str] = ()) -> list[LayerSparsity]:
+    """One row per parameter, in the model's order: the named ones; or, when ``names`` is None, every weight
+    (dim > 1) and those of ``masked`` (the names a scheduler holds masks for) with fewer dimensions, so that a
+    bias or norm weight a schedule prunes shows up beside the weights."""
     params = dict(model.named_parameters())
-    chosen = [n for n in params if params[n].dim() > 1] if names is None else list(names)
+    if names is None:
+        flat = set(masked)
+        chosen = [n for n in params if params[n].dim() > 1 or n in flat]
+    else:
+        chosen = list(names)
     return [layer_sparsity(n, params[n]) for n in chosen]
 
 

@@ -361,3 +361,9 @@ def test_distillation_under_torchrun_is_refused_with_one_line(tmp_path):
         "compress_classifier.py: error: rank 1: --kd-teacher: knowledge distillation is not supported under torchrun "
         "(the teacher and the distillation loss would run outside DistributedDataParallel); distil in one process")
     assert not any(tmp_path.iterdir())
+
+
+def test_one_process_needs_no_mask_synchronization():
+    sched = hookprune.CompressionScheduler(lenet())
+    assert distributed.synchronize_masks_if_distributed(sched) is None
+    assert sched.mask_sync is None

@@ -1,12 +1,16 @@
-"""Parameter names in a schedule: plain, DataParallel-wrapped, or ``re:`` regular expressions."""
+"""Parameter names in a schedule: plain, DataParallel-wrapped, or ``re:`` regular expressions (which warn when a
+pruner's catches 1-D parameters, unless written ``re+1d:``)."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 
 import hookprune
-from hookprune.errors import ScheduleError
+from hookprune.errors import ScheduleError, ScheduleWarning
+from hookprune.sparsity import format_table, sparsity_report
 from hookprune.testing import random_batches, train
 
 
@@ -67,3 +71,58 @@ def test_bad_regex_is_one_line_naming_it(lenet, tmp_path, weights, message):
     text = str(info.value)
     assert text.startswith(f"{path}:") and "\n" not in text
     assert f"pruners.p (AutomatedGradualPruner): {message}" in text
+
+
+def _yaml_schedule(tmp_path, weights):
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(schedule(weights), sort_keys=False))
+    return path
+
+
+def test_a_pruners_regex_that_catches_biases_warns_naming_them(lenet, tmp_path):
+    path = _yaml_schedule(tmp_path, ["re:fc.*"])
+    with pytest.warns(ScheduleWarning) as caught:
+        sched = hookprune.load(path, lenet)
+    assert [str(w.message) for w in caught] == [
+        f"{path}:8:7: pruners.p (AutomatedGradualPruner): 're:fc.*' selects 3 1-D parameters (fc1.bias, fc2.bias, "
+        "fc3.bias), which will be pruned like weights; narrow the pattern (e.g. to names ending in '.weight' with "
+        "more than one dimension), or write 're+1d:fc.*' to prune them on purpose"]
+    # the warning changes nothing: the pattern still selects them
+    assert sched.instances["p"].params_names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight",
+                                                 "fc3.bias"]
+
+
+def test_re_1d_prunes_biases_on_purpose_and_the_table_shows_them(lenet, tmp_path):
+    opt = torch.optim.SGD(lenet.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sched = hookprune.load(_yaml_schedule(tmp_path, ["re+1d:fc[12].*"]), lenet, opt)
+    train(sched, lenet, opt, random_batches(), epochs=3)
+    assert int((lenet.fc1.bias == 0).sum()) == int(0.5 * lenet.fc1.bias.numel()) == 150
+    rows = sparsity_report(lenet, masked=list(sched.masks))
+    assert [r.name for r in rows] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight"]
+    table = format_table(rows).splitlines()
+    assert table[2].split() == ["fc1.bias", "(300,)", "150", "-", "-", "-", "-", "50.00%"]
+    assert [r.name for r in sparsity_report(lenet)] == ["fc1.weight", "fc2.weight", "fc3.weight"]
+
+
+def test_names_and_other_sections_never_warn_about_1d_parameters(lenet):
+    data = schedule(["fc1.weight", "fc1.bias"])
+    data["regularizers"] = {"l1": {"class": "L1Regularizer", "reg_regims": {"re:fc.*": 0.01}}}
+    data["policies"].append({"regularizer": {"instance_name": "l1"}, "starting_epoch": 0, "ending_epoch": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sched = hookprune.load(data, lenet)
+    assert sched.instances["p"].params_names == ["fc1.weight", "fc1.bias"]
+
+
+def test_check_prints_the_1d_warning_and_accepts_the_schedule(tmp_path, capsys):
+    from hookprune import cli
+
+    path = _yaml_schedule(tmp_path, ["re:fc[12].*"])
+    assert cli.main(["check", str(path), "--arch", "lenet300_100"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}:8:7: pruners.p (AutomatedGradualPruner): 're:fc[12].*' selects 2 1-D parameters " \
+           "(fc1.bias, fc2.bias)" in err

@@ -678,3 +678,118 @@ def test_resnet20_filters_schedule_prunes_thins_and_keeps_the_outputs(corpus):
     assert len(model.thinning_recipes) == 1
     fine = dict(model.named_parameters())["layer3.1.conv1.weight"]
     assert int((fine == 0).sum()) == int(0.7 * fine.numel())
+
+
+# -- the example input: given, from a dataset, or the model's own ------------------------------------------
+
+
+class DigitsNet(nn.Module):
+    """A convolutional net for 8x8 one-channel digits (a shape no dataset of the table has), whose flattened
+    features feed a linear layer: traced at any other size it fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.flatten(torch.relu(self.conv2(x)), 1))
+
+
+def digits_run(thinning_epochs: list[int], **remover: object):
+    torch.manual_seed(0)
+    model = DigitsNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedule = {"version": 1,
+                "extensions": {"net_thinner": {"class": "FilterRemover", "thinning_func_str": "remove_filters",
+                                               **remover}},
+                "policies": [{"extension": {"instance_name": "net_thinner"}, "epochs": thinning_epochs}]}
+    sched = hookprune.load(schedule, model, optimizer)
+    sched.add_policy(hookprune.PruningPolicy(FilterZeroer([1, 6]), {"keep_mask": True}), starting_epoch=0,
+                     ending_epoch=4)
+    return model, optimizer, sched
+
+
+def digits_epochs(sched, model, optimizer, start, stop):
+    """Two minibatches of 8x8 digits-shaped inputs per epoch; returns (epoch, minibatch, conv1 filters) at each
+    forward pass."""
+    seen = []
+    for epoch in range(start, stop):
+        gen = torch.Generator().manual_seed(epoch)
+        sched.fire("on_epoch_begin", epoch=epoch)
+        for i in range(2):
+            step = {"epoch": epoch, "minibatch_id": i, "minibatches_per_epoch": 2}
+            sched.fire("on_minibatch_begin", **step)
+            seen.append((epoch, i, model.conv1.out_channels))
+            x, y = torch.randn(5, 1, 8, 8, generator=gen), torch.randint(0, 10, (5,), generator=gen)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            sched.fire("before_optimizer_step", **step)
+            optimizer.step()
+            sched.fire("on_minibatch_end", **step)
+        sched.fire("on_epoch_end", epoch=epoch, metrics={})
+    return seen
+
+
+def test_a_model_of_any_input_shape_is_thinned_with_the_input_it_was_called_with():
+    model, optimizer, sched = digits_run([1])
+    seen = digits_epochs(sched, model, optimizer, 0, 2)
+    assert seen == [(0, 0, 8), (0, 1, 8), (1, 0, 6), (1, 1, 6)]
+    assert model.bn1.num_features == model.conv2.in_channels == 6
+    assert sched.state_dict()["instances"]["net_thinner"] == {
+        "thinned_epoch": 1, "seen_inputs": [{"shape": [2, 1, 8, 8], "dtype": "float32"}]}
+
+
+def test_before_any_forward_call_it_thins_at_the_second_minibatch():
+    model, optimizer, sched = digits_run([0])
+    assert digits_epochs(sched, model, optimizer, 0, 1) == [(0, 0, 8), (0, 1, 6)]
+
+
+def test_an_explicit_input_shape_thins_at_the_first_minibatch():
+    model, optimizer, sched = digits_run([0], input_shape=[1, 8, 8])
+    assert digits_epochs(sched, model, optimizer, 0, 1) == [(0, 0, 6), (0, 1, 6)]
+    assert sched.state_dict()["instances"]["net_thinner"] == {"thinned_epoch": 0}
+
+
+def test_a_resumed_run_knows_the_input_it_saw_and_thins_where_the_uninterrupted_one_did():
+    model, optimizer, sched = digits_run([2])
+    digits_epochs(sched, model, optimizer, 0, 2)
+    state = sched.state_dict()
+    model_b, optimizer_b, sched_b = digits_run([2])
+    sched_b.load_state_dict(state)
+    assert digits_epochs(sched_b, model_b, optimizer_b, 2, 3) == [(2, 0, 6), (2, 1, 6)]
+
+
+def test_an_epoch_without_a_forward_call_is_refused_rather_than_left_unthinned():
+    sched = digits_run([0])[2]
+    sched.fire("on_epoch_begin", epoch=0)
+    sched.fire("on_minibatch_begin", epoch=0, minibatch_id=0, minibatches_per_epoch=1)
+    with pytest.raises(ThinningError, match=r"^FilterRemover 'net_thinner': epoch 0 ended without a forward call of "
+                                            r"the model, so it was not thinned; give 'input_shape' or 'dataset'\n"):
+        sched.fire("on_epoch_end", epoch=0)
+
+
+@pytest.mark.parametrize(("remover", "message"), [
+    ({"input_shape": [1, 0, 8]}, r"extensions\.net_thinner \(FilterRemover\): 'input_shape' must be a list of "
+                                 r"positive sizes \(one sample's shape, without the batch dimension\), "
+                                 r"got \[1, 0, 8\]"),
+    ({"input_shape": [1, 8, 8], "dataset": "mnist"}, r"give 'dataset' or 'input_shape', not both"),
+])
+def test_bad_input_shapes_are_refused(remover, message):
+    with pytest.raises(hookprune.ScheduleError, match=message):
+        digits_run([0], **remover)
+
+
+def test_a_model_called_with_keywords_only_is_refused_naming_why():
+    model, _, sched = digits_run([0])
+    sched.fire("on_epoch_begin", epoch=0)
+    sched.fire("on_minibatch_begin", epoch=0, minibatch_id=0, minibatches_per_epoch=1)
+    model(x=torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ThinningError, match=r"^FilterRemover 'net_thinner': epoch 0 ended with the model called only "
+                                            r"with other than positional tensors \(keyword arguments, say\), which "
+                                            r"cannot show its input shape, so it was not thinned"):
+        sched.fire("on_epoch_end", epoch=0)

@@ -371,13 +371,13 @@ class Run:
         self.save_act_stats()
         return 0
 
-    def test(self, net: nn.Module) -> tuple[Scores, list[Any]]:
-        """Evaluate on the test split, print the sparsity table, the scores and with --confusion the matrix;
-        returns the scores and the sparsity table's rows."""
+    def test(self, net: nn.Module, masked: list[str] | None = None) -> tuple[Scores, list[Any]]:
+        """Evaluate on the test split, print the sparsity table (with the ``masked`` 1-D parameters), the scores
+        and with --confusion the matrix; returns the scores and the sparsity table's rows."""
         confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long) if self.args.confusion else None
         with self.act_stats.phase("test"):
             scores = evaluate(net, self.test_loader, self.device, self.reduce, confusion)
-        rows = self.report(scores)
+        rows = self.report(scores, masked)
         if confusion is not None:
             self.say(confusion_table(confusion))
         return scores, rows
@@ -446,9 +446,10 @@ class Run:
         self.say(f"top-1 (%) by sparsity (%): {self.run_dir / 'sensitivity.csv'}, {self.run_dir / 'sensitivity.png'}")
         return 0
 
-    def report(self, scores: Scores) -> list[Any]:
-        """Print the sparsity table and the test scores; returns the table's rows."""
-        rows = sparsity_report(self.model)
+    def report(self, scores: Scores, masked: list[str] | None = None) -> list[Any]:
+        """Print the sparsity table (the weights, and the ``masked`` parameters of fewer dimensions) and the test
+        scores; returns the table's rows."""
+        rows = sparsity_report(self.model, masked=masked or ())
         self.say()
         self.say(format_table(rows))
         self.say()
@@ -471,7 +472,7 @@ class Run:
                 scores = evaluate(net, self.val_loader, self.device, self.reduce)
             lr = optimizer.param_groups[0]["lr"]
             sched.fire("on_epoch_end", epoch=epoch, metrics={"min": scores.loss, "max": scores.top1})
-            rows = sparsity_report(self.model)
+            rows = sparsity_report(self.model, masked=list(sched.masks))
             entry = epoch_entry(epoch, loss, scores, rows, lr)
             history.append(entry)
             is_best = best is None or best_key(entry) >= best_key(best)
@@ -505,7 +506,7 @@ class Run:
             else:
                 self.say(f"masks identical on all {self.launch.world_size} ranks ({count} masks compared)")
         tic = time.perf_counter()
-        test, rows = self.test(net)
+        test, rows = self.test(net, list(sched.masks))
         self.save_act_stats()
         if best is not None:
             self.say(f"best epoch {best['epoch'] + 1}: val top-1 {best['val_top1']:.2f}%, {best['nonzeros']} non-zero "

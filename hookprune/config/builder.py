@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,11 @@ INJECTED = ("name", "model", "optimizer", "teacher")
 PATH_ARGS = ("model_activation_stats", "teacher_checkpoint")
 #: a parameter-name entry starting with this is a regular expression over the model's names
 REGEX_PREFIX = "re:"
+#: the same, for a pruner that is meant to prune the 1-D parameters (biases, norm weights) it matches too:
+#: a plain ``re:`` pattern that matches any warns, since pruning empties them like weights
+REGEX_1D_PREFIX = "re+1d:"
+#: how many of the 1-D parameters a pattern caught the warning names
+SHOWN_1D = 6
 
 #: the class of a ``distillers`` entry that leaves ``class`` out
 DEFAULT_CLASSES = {"distillers": "KnowledgeDistillationPolicy"}
@@ -194,7 +200,7 @@ class _Builder:
                 raise self.at(spec, key).error(f"{label}: '{key}' must be {argtypes.describe(hints[key])}, "
                                                f"got {value!r}")
             if key in param_args:
-                value = self._param_names(spec, key, value, param_args[key], label)
+                value = self._param_names(spec, key, value, param_args[key], label, prunes=section == "pruners")
             if key in PATH_ARGS:
                 value = self._find_file(value)
             kwargs[key] = value
@@ -263,11 +269,13 @@ class _Builder:
                     return self._with_path(key_where_of(table, original))
         return self.at(spec, key)
 
-    def _param_names(self, spec: Mapping[str, Any], key: str, value: Any, form: str, label: str) -> Any:
+    def _param_names(self, spec: Mapping[str, Any], key: str, value: Any, form: str, label: str,
+                     prunes: bool = False) -> Any:
         """Check each parameter name against the model and spell it as the model does.
 
         An entry ``re:PATTERN`` stands for every parameter whose name (with or without ``module.``)
-        fully matches the regular expression, in the model's order.
+        fully matches the regular expression, in the model's order; for a pruner (``prunes``), one that
+        matches 1-D parameters warns unless written ``re+1d:PATTERN``.
         """
         if form == "names":
             items = [value] if isinstance(value, str) else value
@@ -276,18 +284,23 @@ class _Builder:
             resolved: list[str] = []
             for i, name in enumerate(items):
                 where = self._with_path(where_of(items, i) if items is value else self.at(spec, key))
-                for actual in self._resolve_one(name, where, label):
+                for actual in self._resolve_one(name, where, label, prunes):
                     if actual not in resolved:
                         resolved.append(actual)
             return resolved
         if not isinstance(value, Mapping):
             raise self.at(spec, key).error(f"{label}: '{key}' must map parameter names (or '*') to values")
-        return self._resolve_keys(value, f"{label}: '{key}'")
+        return self._resolve_keys(value, f"{label}: '{key}'", prunes)
 
-    def _resolve_one(self, name: str, where: Where, label: str) -> list[str]:
-        """The model's names for one schedule entry: a parameter name or ``re:PATTERN``."""
-        if name.startswith(REGEX_PREFIX):
-            pattern = name[len(REGEX_PREFIX):]
+    def _resolve_one(self, name: str, where: Where, label: str, prunes: bool = False) -> list[str]:
+        """The model's names for one schedule entry: a parameter name, ``re:PATTERN`` or ``re+1d:PATTERN``.
+
+        A pruner's ``re:`` pattern that matches 1-D parameters (biases, norm weights) warns, naming them: pruning
+        would empty them like weights, which is rarely what a pattern such as ``fc.*`` means.
+        """
+        prefix = next((p for p in (REGEX_PREFIX, REGEX_1D_PREFIX) if name.startswith(p)), None)
+        if prefix is not None:
+            pattern = name[len(prefix):]
             try:
                 regex = re.compile(pattern)
                 matched = [n for n in self.index.params
@@ -296,13 +309,22 @@ class _Builder:
                 raise where.error(f"{label}: bad regular expression {pattern!r}: {exc}") from None
             if not matched:
                 raise where.error(f"{label}: regular expression {pattern!r} matches no parameter of the model")
+            flat = [n for n in matched if self.index.params[n].dim() < 2]
+            if prunes and prefix == REGEX_PREFIX and flat:
+                shown = ", ".join(flat[:SHOWN_1D]) + (f" and {len(flat) - SHOWN_1D} more" if len(flat) > SHOWN_1D
+                                                      else "")
+                warnings.warn(where.warning(
+                    f"{label}: {name!r} selects {len(flat)} 1-D parameter{'s' if len(flat) > 1 else ''} ({shown}), "
+                    f"which will be pruned like weights; narrow the pattern (e.g. to names ending in '.weight' with "
+                    f"more than one dimension), or write '{REGEX_1D_PREFIX}{pattern}' to prune them on purpose"),
+                    stacklevel=2)
             return matched
         actual = self.index.resolve(name)
         if actual is None:
             raise where.error(f"{label}: {self.index.unknown_message(name)}")
         return [actual]
 
-    def _resolve_keys(self, table: Mapping[str, Any], label: str) -> dict[str, Any]:
+    def _resolve_keys(self, table: Mapping[str, Any], label: str, prunes: bool = False) -> dict[str, Any]:
         """Resolve a table's keys; explicit names win over ``re:`` keys, and earlier ``re:`` keys over later."""
         resolved: dict[str, Any] = {}
         from_regex: dict[str, Any] = {}
@@ -313,8 +335,8 @@ class _Builder:
             where = self._with_path(key_where_of(table, name))
             if not isinstance(name, str):
                 raise where.error(f"{label}: {self.index.unknown_message(str(name))}")
-            target = from_regex if name.startswith(REGEX_PREFIX) else resolved
-            for actual in self._resolve_one(name, where, label):
+            target = from_regex if name.startswith((REGEX_PREFIX, REGEX_1D_PREFIX)) else resolved
+            for actual in self._resolve_one(name, where, label, prunes):
                 target.setdefault(actual, item)
         for actual, item in from_regex.items():
             resolved.setdefault(actual, item)

@@ -23,7 +23,7 @@ from typing import Any
 import hookprune
 import lightning.pytorch as pl
 import torch
-from hookprune import CompressionScheduler
+from hookprune import CompressionScheduler, distributed
 from hookprune import knowledge_distillation as kd
 from lightning.pytorch.callbacks import Callback
 
@@ -83,6 +83,8 @@ class HookpruneCallback(Callback):
             raise HookpruneSetupError(
                 "the schedule has lr_schedulers and configure_optimizers() returns an LR scheduler too: both would "
                 "set the learning rate; keep one of them")
+        # every rank of a distributed strategy computes masks; rank 0's become everyone's
+        distributed.synchronize_masks_if_distributed(sched)
         self.scheduler, self._model = sched, model
         if self._saved is not None:
             self._restore()

@@ -22,7 +22,7 @@ from typing import Any
 
 import hookprune
 import torch
-from hookprune import CompressionScheduler
+from hookprune import CompressionScheduler, distributed
 from hookprune import knowledge_distillation as kd
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -108,6 +108,8 @@ class HookpruneCallback(TrainerCallback):
             if first is not None:
                 self.teacher.to(first.device)
         sched = hookprune.load(self.schedule, target, optimizer, teacher=self.teacher)
+        # every rank of a distributed run computes masks; rank 0's become everyone's
+        distributed.synchronize_masks_if_distributed(sched)
         self.scheduler, self._model = sched, target
         self.sets_learning_rate = any(policy.kind == "lr_scheduler" for policy in sched.scheduled)
         self.adds_loss_terms = sched.implements("before_backward")

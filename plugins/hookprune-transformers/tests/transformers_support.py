@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from torch.utils.data import Dataset
 from transformers import TrainingArguments
 
 HERE = Path(__file__).resolve().parent
+#: whether TrainingArguments choose the training order (transformers 5); 4.x always shuffles, and the tests give
+#: its Trainer a sequential sampler instead (the ``sequential_order`` fixture)
+SAMPLING_ARGUMENT = "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}
 #: the repository's example schedule: AGP to 90% in fc1/fc2 and 80% in fc3 over epochs 0-9, then LR decay
 EXAMPLE_SCHEDULE = HERE.parents[2] / "examples" / "schedules" / "lenet300_100.agp.yaml"
 BATCH = 64
@@ -74,6 +78,8 @@ def arguments(tmp_path: Path, epochs: int, **overrides: Any) -> TrainingArgument
         "lr_scheduler_type": "constant", "use_cpu": True, "report_to": "none", "disable_tqdm": True,
         "save_strategy": "no", "logging_strategy": "no", "dataloader_pin_memory": False, "seed": 0}
     options.update(overrides)
+    if not SAMPLING_ARGUMENT:
+        del options["train_sampling_strategy"]
     return TrainingArguments(**options)
 
 

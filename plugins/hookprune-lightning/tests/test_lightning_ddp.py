@@ -1,0 +1,87 @@
+"""HookpruneCallback under Lightning's DDP strategy: two gloo processes on the CPU end with rank 0's masks.
+
+Each process is started as a launcher such as ``torchrun`` would start it (``LOCAL_RANK`` set, the process group
+joined), then runs ``Trainer(strategy="ddp", accelerator="cpu", devices=2)``. The pruner draws its sparsity level
+at random and the ranks seed their generators differently, so without synchronization their masks differ.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import hookprune
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hookprune import distributed
+from lightning.pytorch.strategies import DDPStrategy
+from lightning_support import Digits, loaders, trainer
+
+from hookprune_lightning import HookpruneCallback
+
+WORLD = 2
+#: a random level in [0.2, 0.8] of fc1's input columns, drawn again in each of two epochs
+RANDOM_SCHEDULE = {
+    "pruners": {"random": {"class": "RandomLevelStructureParameterPruner", "group_type": "Rows",
+                           "sparsity_range": [0.2, 0.8], "weights": ["fc1.weight", "fc2.weight"]}},
+    "policies": [{"pruner": {"instance_name": "random"}, "starting_epoch": 0, "ending_epoch": 2, "frequency": 1}],
+}
+
+
+def _rank_main(rank: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update({"LOCAL_RANK": str(rank), "RANK": str(rank), "WORLD_SIZE": str(WORLD), "NODE_RANK": "0"})
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=60))
+    try:
+        module = Digits()
+        torch.manual_seed(1000 + rank)  # no seed shared between the ranks: each draws its own levels
+        cb = HookpruneCallback(RANDOM_SCHEDULE, submodule="model")
+        ddp = DDPStrategy(process_group_backend="gloo")
+        run = trainer(2, [cb], strategy=ddp, devices=WORLD, limit_train_batches=4, limit_val_batches=1)
+        run.fit(module, *loaders())
+        assert cb.scheduler is not None
+        compared = distributed.verify_masks(cb.scheduler)
+
+        # the same schedule on the same weights, without the callback: each rank keeps its own draw
+        bare = Digits().model
+        torch.manual_seed(1000 + rank)
+        alone = hookprune.load(RANDOM_SCHEDULE, bare)
+        alone.fire("on_epoch_begin", epoch=0)
+        try:
+            distributed.verify_masks(alone)
+            mismatch = ""
+        except distributed.MaskMismatchError as exc:
+            mismatch = str(exc)
+        torch.save({"masks": {n: m.clone() for n, m in cb.scheduler.masks.items()},
+                    "broadcasts": cb.scheduler.mask_sync.broadcasts, "compared": compared, "mismatch": mismatch,
+                    "weights": module.model.fc1.weight.detach().clone()},
+                   Path(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_rank_main, args=(str(folder),), nprocs=WORLD, join=True)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def test_ddp_ranks_end_with_rank_zeros_masks(ranks):
+    first, second = ranks
+    assert first["compared"] == second["compared"] == 2
+    assert first["masks"].keys() == second["masks"].keys() == {"fc1.weight", "fc2.weight"}
+    for name, mask in first["masks"].items():
+        assert torch.equal(mask, second["masks"][name]), name
+    assert first["broadcasts"] == second["broadcasts"] > 0
+    assert torch.equal(first["weights"], second["weights"])
+    assert not first["weights"][~first["masks"]["fc1.weight"]].any()
+
+
+def test_without_synchronization_the_random_draws_differ(ranks):
+    assert ranks[0]["mismatch"] == ranks[1]["mismatch"] == "masks differ from rank 0's: rank 1 differs in " \
+        "fc1.weight, fc2.weight"
