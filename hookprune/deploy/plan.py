@@ -62,7 +62,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def float_copy(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """A copy of ``model`` in eval mode computing in float with its own modules' forwards: without the forwards and
-    hooks a quantizer installs (or any other hook: none can be exported), ReLUs out of place, and ``masks`` (parameter name -> keep mask) multiplied into the parameters."""
+    hooks a quantizer installs (or any other hook: none can be exported), ReLUs out of place, and ``masks``
+    (parameter name -> keep mask) multiplied into the parameters."""
     model = unwrap(model)
     saved = [(m, m.__dict__.pop("forward", None), dict(m._forward_hooks), dict(m._forward_pre_hooks))
              for m in model.modules()]
