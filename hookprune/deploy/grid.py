@@ -54,7 +54,7 @@ def to_grid(params: QParams, target: tuple[int, int], what: str) -> Grid:
     :class:`DeployError` naming ``what`` when the grid is not 8 bits wide."""
     width = params.quant_max - params.quant_min
     if width not in (254, 255):
-        bits = (width + 1).bit_length()
+        bits = width.bit_length()
         raise DeployError(f"{what} is quantized to {bits} bits; torch's quantized modules and ONNX's "
                           "QuantizeLinear hold 8-bit integers")
     shift = target[0] - params.quant_min if params.quant_min < target[0] or params.quant_max > target[1] else 0
