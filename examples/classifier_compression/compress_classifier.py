@@ -45,6 +45,7 @@ from hookprune.apputils.data_loaders import (
     load_data,
     sample_shape,
 )
+from hookprune.apputils.deployment import check_export_args, export_run_model, int8_run_model
 from hookprune.apputils.device import choose_device, shard_model, wrap_model
 from hookprune.apputils.errors import AppError
 from hookprune.apputils.evaluation import Scores, evaluate
@@ -79,6 +80,7 @@ class Run:
             raise AppError("--epochs must be >= 0, --batch-size and --print-freq >= 1")
         self.launch = distributed.launch_environment()
         check_training_stack(args, self.launch is not None)
+        check_export_args(args)
         #: rank 0, or the only process: the one that prints and writes the run folder
         self.main = self.launch is None or self.launch.rank == 0
         self.log = RunLog(enabled=self.main)
@@ -279,11 +281,26 @@ class Run:
         net = self.wrap(self.model)
         if args.compile is not None:
             net = torch.compile(net, backend=args.compile)
-        if args.evaluate:
-            return self.evaluate_only(net)
         if args.sense:
             return self.sense(net)
-        return self.train(net, optimizer, sched, teacher, start_epoch, history, best)
+        if args.evaluate:
+            status = self.evaluate_only(net)
+        else:
+            status = self.train(net, optimizer, sched, teacher, start_epoch, history, best)
+        return self.deploy(sched) if status == 0 else status
+
+    def deploy(self, sched: hookprune.CompressionScheduler) -> int:
+        """--qe-convert-pytorch and --export-onnx on the model the run ends with (rank 0 alone)."""
+        args = self.args
+        if not self.main:
+            return 0
+        if args.qe_convert_pytorch:
+            int8_run_model(self.model, sched, self.train_loader, self.test_loader, self.device, self.say)
+        if args.export_onnx is not None:
+            assert self.run_dir is not None
+            example = next(iter(self.test_loader))[0].to(self.device)
+            export_run_model(self.model, sched, self.run_dir / args.export_onnx, example, self.train_loader, self.say)
+        return 0
 
     def show_summary(self) -> int:
         path = self.args.resume_from or self.args.exp_load_weights_from
