@@ -9,7 +9,9 @@ For each of LeNet-300-100 (784 inputs), SimpleNet-MNIST (1x28x28) and ResNet-20 
   SimpleNet: 70% of the filters of conv1 and conv2; ResNet-20: 50% of the filters of every block's first
   convolution), one pruning step through a hookprune schedule, then thinning (``remove_channels`` /
   ``remove_filters``) removes the zero structures for good;
-- **int8**: ``PostTrainLinearQuantizer`` (8 bits, symmetric, per-channel weights) calibrated on 4 random batches,
+- **int8**: the BatchNorms folded into their convolutions (``torch.fx.experimental.optimization.fuse``, as
+  Distiller's post-training quantization folds them), then ``PostTrainLinearQuantizer`` (8 bits, symmetric,
+  per-channel weights) calibrated on 4 random batches,
   then in PyTorch ``hookprune.deploy.convert_to_pytorch`` (torch's quantized modules, the x86 engine) and in
   ONNX Runtime the QDQ file of ``hookprune.deploy.export_onnx`` (which ONNX Runtime fuses into integer kernels);
 - **thinned+int8**: both.
@@ -43,6 +45,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 import hookprune
 from hookprune import models
@@ -91,7 +94,8 @@ def thinned(model: nn.Module, arch: str) -> nn.Module:
 
 
 def post_trained(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, PostTrainLinearQuantizer]:
-    model = copy.deepcopy(model)
+    """``model`` with its BatchNorms folded into the convolutions before them, post-training quantized."""
+    model = fuse(copy.deepcopy(model))
     quantizer = PostTrainLinearQuantizer(model, per_channel_wts=True)
     generator = torch.Generator().manual_seed(1)
     quantizer.calibrate([torch.rand(16, *shape, generator=generator) for _ in range(4)])

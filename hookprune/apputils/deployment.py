@@ -70,10 +70,11 @@ def apply_post_training(quantizer: PostTrainLinearQuantizer, batches: Iterable[A
 
 
 def export_run_model(model: nn.Module, sched: Any, path: Path, example: torch.Tensor, train_loader: Iterable[Any],
-                     say: Callable[[str], None]) -> None:
-    """``--export-onnx``: write ``model`` (masks folded in, QDQ under a range-linear quantizer; a post-training one
-    is applied first) to ``path`` and report ONNX Runtime's agreement with PyTorch on ``example``."""
-    quantizer = schedule_quantizer(sched)
+                     say: Callable[[str], None], quantizer: Quantizer | None = None) -> None:
+    """``--export-onnx``: write ``model`` (masks folded in, QDQ under ``quantizer``, default the schedule's; a
+    post-training one is applied first) to ``path`` and report ONNX Runtime's agreement with PyTorch on
+    ``example``."""
+    quantizer = quantizer or schedule_quantizer(sched)
     if isinstance(quantizer, PostTrainLinearQuantizer):
         apply_post_training(quantizer, train_loader, say)
     masks = {name: mask for name, mask in getattr(sched, "masks", {}).items() if mask is not None}
@@ -84,10 +85,12 @@ def export_run_model(model: nn.Module, sched: Any, path: Path, example: torch.Te
 
 
 def int8_run_model(model: nn.Module, sched: Any, train_loader: Iterable[Any], test_loader: Iterable[Any],
-                   device: torch.device, say: Callable[[str], None]) -> tuple[Scores, Scores]:
-    """``--qe-convert-pytorch``: the schedule's post-training quantizer applied (calibrated first if need be),
-    ``model`` converted to torch's int8 modules, and both evaluated on the test split: (fake-quantized, int8)."""
-    quantizer = schedule_quantizer(sched)
+                   device: torch.device, say: Callable[[str], None], quantizer: Quantizer | None = None
+                   ) -> tuple[Scores, Scores]:
+    """``--qe-convert-pytorch``: the post-training ``quantizer`` (default: the schedule's) applied (calibrated
+    first if need be), ``model`` converted to torch's int8 modules, and both evaluated on the test split:
+    (fake-quantized, int8)."""
+    quantizer = quantizer or schedule_quantizer(sched)
     if not isinstance(quantizer, PostTrainLinearQuantizer):
         found = f" (it has a {type(quantizer).__name__})" if quantizer is not None else ""
         raise AppError(f"--qe-convert-pytorch converts a post-training quantized model: the schedule has no "
