@@ -5,7 +5,9 @@ A model quantized by a range-linear quantizer is exported in ONNX's QDQ form: a 
 pair on every tensor the quantizer quantizes, on the quantizer's own grid (:mod:`hookprune.deploy.grid`), and
 every quantized weight stored as 8-bit integers feeding a DequantizeLinear; the bias of a layer whose input and
 weight are quantized is stored as 32-bit integers on the grid of their product, as hookprune's post-training
-quantization computes it. ONNX Runtime fuses these patterns into its integer kernels (QLinearConv, QGemm).
+quantization computes it. Activations are stored as uint8 (a signed grid shifted by 128: the same grid) and
+weights as int8, the combination ONNX Runtime's x86 kernels run fastest; it fuses these patterns into its
+integer kernels (QLinearConv, QGemm).
 
 Agreement with PyTorch. A dense, masked or thinned file computes what the model computes, up to float32
 reassociation. A QDQ file puts every integer where hookprune puts it, except where ``x / s`` with ``s`` rounded to
