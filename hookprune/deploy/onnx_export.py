@@ -167,8 +167,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: t
     onnx.save(proto, str(path))
     diff = None
     if check:
+        training = model.training
         with torch.no_grad():
             expected = unwrap_output(model.eval()(example_input))
+        model.train(training)
         got = run_onnx(path, example)
         diff = float((torch.from_numpy(got) - expected.detach().float().cpu()).abs().max())
     return ExportReport(path, path.stat().st_size, diff, quantizer is not None)
