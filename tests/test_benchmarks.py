@@ -70,3 +70,33 @@ def test_held_bytes_counts_each_storage_once(overhead):
     weight = torch.zeros(100)
     holder = {"a": weight, "b": weight[:10], "c": [torch.zeros(25, dtype=torch.bool)]}
     assert overhead.held_bytes([holder]) == 400 + 25
+
+
+INFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+
+
+def test_inference_benchmark_quick_run_reports_every_variant_on_both_runtimes(capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    spec = importlib.util.spec_from_file_location("hookprune_benchmark_inference", INFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    sys.path.insert(0, str(INFERENCE.parent))
+    try:
+        spec.loader.exec_module(module)
+        assert module.main(["--quick", "--cpu-only"]) == 0
+    finally:
+        sys.path.remove(str(INFERENCE.parent))
+        sys.modules.pop("machine", None)
+        del sys.modules[spec.name]
+    out = capsys.readouterr().out
+    assert "latency, batch 32 (ms)" in out and "with 1 threads" in out
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| lenet300_100 |")]
+    sizes = {(cells[1], cells[3]): int(cells[6].replace(",", "")) for cells in rows}
+    assert set(sizes) == {(v, r) for v in module.VARIANTS for r in ("PyTorch", "ONNX Runtime")}
+    # thinning keeps 30% of fc2's and fc3's inputs; int8 stores a byte a weight
+    for runtime in ("PyTorch", "ONNX Runtime"):
+        assert sizes["thinned", runtime] < 0.35 * sizes["dense", runtime]
+        assert sizes["int8", runtime] < 0.3 * sizes["dense", runtime]
+        assert sizes["thinned+int8", runtime] < 0.12 * sizes["dense", runtime]

@@ -46,6 +46,7 @@ from hookprune.apputils.data_loaders import (
     load_data,
     sample_shape,
 )
+from hookprune.apputils.deployment import check_export_args, export_run_model, int8_run_model
 from hookprune.apputils.device import choose_device, shard_model, wrap_model
 from hookprune.apputils.errors import AppError
 from hookprune.apputils.evaluation import Scores, evaluate
@@ -62,6 +63,7 @@ from hookprune.apputils.run_folder import RunLog, debug_messages, new_run_folder
 from hookprune.apputils.thinnify import thinnify
 from hookprune.apputils.training import MixedPrecision, Trainer
 from hookprune.config.reader import read_schedule
+from hookprune.quantization import PostTrainLinearQuantizer
 from hookprune.sparsity import format_table, sparsity_report, total_sparsity
 
 PROG = "compress_classifier.py"
@@ -86,6 +88,7 @@ class Run:
             raise AppError("--epochs must be >= 0, --batch-size and --print-freq >= 1")
         self.launch = distributed.launch_environment()
         check_training_stack(args, self.launch is not None)
+        check_export_args(args)
         #: rank 0, or the only process: the one that prints and writes the run folder
         self.main = self.launch is None or self.launch.rank == 0
         self.log = RunLog(enabled=self.main)
@@ -128,6 +131,8 @@ class Run:
         self.teacher_model: nn.Module | None = None
         self.run_dir: Path | None = None
         self.act_stats = ActivationStats(self.model, args.act_stats)
+        # --quantize-eval's quantizer: --qe-convert-pytorch and --export-onnx deploy it in place of the schedule's
+        self.qe_quantizer: PostTrainLinearQuantizer | None = None
 
     # -- output ---------------------------------------------------------------------------
 
@@ -306,14 +311,32 @@ class Run:
             quantizer = post_train_quantizer(self.model, args, self.stats_path or args.qe_stats_file)
             self.say(describe(quantizer))
             quantizer.prepare_model()
+            self.qe_quantizer = quantizer
         net = self.wrap(self.model)
         if args.compile is not None:
             net = torch.compile(net, backend=args.compile)
-        if args.evaluate:
-            return self.evaluate_only(net)
         if args.sense:
             return self.sense(net)
-        return self.train(net, optimizer, sched, teacher, start_epoch, history, best)
+        if args.evaluate:
+            status = self.evaluate_only(net)
+        else:
+            status = self.train(net, optimizer, sched, teacher, start_epoch, history, best)
+        return self.deploy(sched) if status == 0 else status
+
+    def deploy(self, sched: hookprune.CompressionScheduler) -> int:
+        """--qe-convert-pytorch and --export-onnx on the model the run ends with (rank 0 alone)."""
+        args = self.args
+        if not self.main:
+            return 0
+        if args.qe_convert_pytorch:
+            int8_run_model(self.model, sched, self.train_loader, self.test_loader, self.device, self.say,
+                           quantizer=self.qe_quantizer)
+        if args.export_onnx is not None:
+            assert self.run_dir is not None
+            example = next(iter(self.test_loader))[0].to(self.device)
+            export_run_model(self.model, sched, self.run_dir / args.export_onnx, example, self.train_loader, self.say,
+                             quantizer=self.qe_quantizer)
+        return 0
 
     @property
     def stats_path(self) -> Path | None:

@@ -91,7 +91,20 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="run the model compiled by torch.compile with this backend (without a value: inductor)")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model with FSDP2 (fully_shard) instead of DistributedDataParallel")
+    add_export_args(p)
     return p
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    """Distiller's deployment options: ONNX export and the int8 PyTorch model of post-training quantization."""
+    p.add_argument("--export-onnx", nargs="?", const="model.onnx", metavar="PATH",
+                   help="at the end of the run, export the compressed model to ONNX at PATH in the run folder "
+                        "(without a value: model.onnx): masks folded into the weights, QDQ when a range-linear "
+                        "quantizer is in the schedule; ONNX Runtime checks it against PyTorch (needs the deploy "
+                        "extra: onnx, onnxscript, onnxruntime)")
+    p.add_argument("--qe-convert-pytorch", action="store_true",
+                   help="at the end of the run, convert the schedule's PostTrainLinearQuantizer model into torch's "
+                        "int8 quantized modules and evaluate it on the CPU beside the fake-quantized model")
 
 
 def check_training_stack(args: argparse.Namespace, launched: bool) -> None:
