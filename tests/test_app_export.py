@@ -76,7 +76,21 @@ def test_qe_convert_pytorch_without_a_post_training_quantizer_is_one_line(tmp_pa
     result = app("-a", "lenet300_100", "--epochs", "0", "--qe-convert-pytorch", "-o", str(tmp_path), cwd=tmp_path,
                  check=False)
     assert error_line(result) == ("compress_classifier.py: error: --qe-convert-pytorch converts a post-training "
-                                  "quantized model: the schedule has no PostTrainLinearQuantizer")
+                                  "quantized model: give --quantize-eval, or a schedule with a "
+                                  "PostTrainLinearQuantizer")
+
+
+def test_quantize_eval_is_the_quantizer_qe_convert_pytorch_converts(pruned_lenet, tmp_path):
+    out, _ = pruned_lenet
+    result = app("-a", "lenet300_100", "--evaluate", "--exp-load-weights-from", str(best_checkpoint(out)),
+                 "--quantize-eval", "--qe-calibration", "0.2", "--qe-convert-pytorch", "-o", str(tmp_path),
+                 cwd=tmp_path)
+    assert "calibrated on" not in result.stdout  # --qe-calibration's statistics, not the 10 batches' fallback
+    found = re.search(r"int8 PyTorch model \((\w+) engine.*\): test top-1 (\S+)% against (\S+)% fake-quantized",
+                      result.stdout)
+    assert found is not None, result.stdout[-2000:]
+    real, fake = float(found.group(2)), float(found.group(3))
+    assert fake > 85 and abs(real - fake) <= 1
 
 
 @pytest.mark.parametrize(("argv", "message"), [

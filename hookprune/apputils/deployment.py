@@ -93,8 +93,8 @@ def int8_run_model(model: nn.Module, sched: Any, train_loader: Iterable[Any], te
     quantizer = quantizer or schedule_quantizer(sched)
     if not isinstance(quantizer, PostTrainLinearQuantizer):
         found = f" (it has a {type(quantizer).__name__})" if quantizer is not None else ""
-        raise AppError(f"--qe-convert-pytorch converts a post-training quantized model: the schedule has no "
-                       f"PostTrainLinearQuantizer{found}")
+        raise AppError(f"--qe-convert-pytorch converts a post-training quantized model: give --quantize-eval, or a "
+                       f"schedule with a PostTrainLinearQuantizer{found}")
     apply_post_training(quantizer, train_loader, say)
     fake = evaluate(model, test_loader, device)
     with warnings.catch_warnings():
