@@ -15,6 +15,7 @@ import sys
 import time
 from collections import namedtuple
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -27,12 +28,15 @@ from hookprune.apputils.checkpoint import (
     remove_unfinished_writes,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence as UnresolvedMilestones
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "examples" / "classifier_compression" / "compress_classifier.py"
 AGP = ROOT / "examples" / "schedules" / "lenet300_100.agp.yaml"
 PREFIX = "compress_classifier.py: error: "
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
-    "PYTHONPATH", "")])}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def load_app():
@@ -407,3 +411,25 @@ def test_a_stopped_rank_ends_the_job_with_one_line_naming_it(tmp_path):
     assert err.strip().splitlines() == [f"{PREFIX}rank 1 did not answer within 3 s (--dist-timeout): stopped, hung "
                                         "or dead; the job ends (ranks still running: 0)"]
     assert ended < 20, "the collective timeout and the roll call, not torch's 30 minutes"
+
+
+class _StepsWithWarmup(torch.optim.lr_scheduler.MultiStepLR):
+    """A subclass torch's rules do not list, annotated with a name imported only for type checkers."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, milestones: UnresolvedMilestones, gamma: float = 0.1,
+                 warmup: int = 0, last_epoch: int = -1) -> None:
+        self.warmup = warmup
+        super().__init__(optimizer, milestones, gamma, last_epoch)
+
+
+def test_a_scheduler_subclass_whose_annotations_do_not_all_resolve_is_checked_on_the_others():
+    from hookprune.config import lr_arguments
+    from hookprune.pruning.base import ArgumentError
+
+    hints = lr_arguments.annotations_one_by_one(_StepsWithWarmup)
+    assert hints["gamma"] is float and hints["warmup"] is int and "milestones" not in hints
+    with pytest.raises(ArgumentError, match=r"^'gamma' must be a number, got 'ten'$"):
+        lr_arguments.check(_StepsWithWarmup, {"milestones": [2, 4], "gamma": "ten"})
+    with pytest.raises(ArgumentError, match=r"^'warmup' must be an integer, got 1\.5$"):
+        lr_arguments.check(_StepsWithWarmup, {"milestones": [2, 4], "warmup": 1.5})
+    lr_arguments.check(_StepsWithWarmup, {"milestones": "anything", "gamma": 0.5, "warmup": 2})

@@ -3,5 +3,6 @@ scripts of your own: ``data_loaders`` (the data sets), ``models`` (architectures
 ``device`` (where to train, and the model sharded with FSDP2), ``rng`` (seeds and generator states), ``training``
 (an epoch that fires hookprune's events, optionally in mixed precision), ``evaluation`` (top-1/top-5 and loss),
 ``checkpoint`` (writing, reading, resuming), ``fsdp`` (checkpoints of a sharded model, gathered whole),
-``history`` (the best epoch, ``summary.json``, the plot), ``run_folder`` (the run's folder and log) and
-``errors`` (the one-line error of a command line)."""
+``history`` (the best epoch, ``summary.json``, the plot), ``run_folder`` (the run's folder and log, writes a
+killed run left), ``errors`` (the one-line error of a command line) and ``faults`` (the one line that tells a
+full disk, a refused file, a rank that stopped answering)."""
