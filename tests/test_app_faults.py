@@ -86,6 +86,7 @@ def finished_run(tmp_path_factory) -> Path:
     (["--epochs", "-1"], "--epochs -1: must be an integer from 0 to 9223372036854775807"),
     (["--epochs", "99999999999999999999"], "--epochs 99999999999999999999: must be an integer from 0 to "
                                            "9223372036854775807"),
+    (["--seed", "9" * 400], f"--seed {'9' * 400}: must be an integer from 0 to 9223372036854775807"),
     (["--batch-size", "0"], "--batch-size 0: must be an integer from 1 to 9223372036854775807"),
     (["--print-freq", "0"], "--print-freq 0: must be an integer from 1 to 9223372036854775807"),
     (["--seed", "-1"], "--seed -1: must be an integer from 0 to 9223372036854775807"),
@@ -109,6 +110,8 @@ def finished_run(tmp_path_factory) -> Path:
     (["--kd-teacher", "simplenet_mnist", "--kd-sw", "nan"], "--kd-student-wt nan: must be a finite number >= 0"),
     (["--kd-teacher", "simplenet_mnist", "--kd-start-epoch", "-1"],
      "--kd-start-epoch -1: must be an integer from 0 to 9223372036854775807"),
+    (["--kd-teacher", "simplenet_mnist", "--kd-start-epoch", "5", "--epochs", "5"],
+     "--kd-start-epoch 5: distillation would start after the last epoch (--epochs 5)"),
     (["--kd-teacher", "simplenet_mnist", "--kd-teacher-epochs", "-1"],
      "--kd-teacher-epochs -1: must be an integer from 0 to 9223372036854775807"),
     (["--kd-teacher", "simplenet_mnist", "--kd-teacher-lr", "inf"], "--kd-teacher-lr inf: must be a finite number "
@@ -120,6 +123,19 @@ def test_a_value_out_of_range_is_one_line_naming_the_option(tmp_path, capsys, ar
     line = fails(capsys, *argv, "-o", str(tmp_path / "out"))
     assert line.startswith(expected)
     assert not (tmp_path / "out").exists(), "refused before anything is written"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--lr", "abc"], "argument --lr/--learning-rate: invalid float value: 'abc'"),
+    (["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
+    (["--sense-range", "0", "1"], "argument --sense-range: expected 3 arguments"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_what_the_parser_refuses_is_one_line_without_the_usage(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        app.main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"{PREFIX}{expected}; --help lists the options\n"
 
 
 def test_paths_of_the_wrong_kind_are_one_line_and_never_block(tmp_path, capsys):
@@ -134,7 +150,11 @@ def test_paths_of_the_wrong_kind_are_one_line_and_never_block(tmp_path, capsys):
     assert fails(capsys, "--compress", str(fifo), "-o", out) == f"--compress {fifo}: not a regular file (a pipe or " \
                                                                 "a device?), not a schedule file"
     assert fails(capsys, "--compress", str(tmp_path / "none.yaml"), "-o", out) == \
-        f"--compress {tmp_path / 'none.yaml'}: no such file"
+        f"{tmp_path / 'none.yaml'}: no such schedule file"
+    assert fails(capsys, "--resume-from", str(tmp_path / "none.pth"), "-o", out) == \
+        f"checkpoint '{tmp_path / 'none.pth'}' does not exist"
+    assert fails(capsys, "--kd-teacher", "simplenet_mnist", "--kd-resume", str(tmp_path / "none.pth"), "-o",
+                 out) == f"teacher checkpoint '{tmp_path / 'none.pth'}' does not exist"
     assert fails(capsys, str(tmp_path / "nodata"), "-o", out) == f"DATA_DIR {tmp_path / 'nodata'}: no such folder"
     assert fails(capsys, str(afile), "-o", out) == f"DATA_DIR {afile}: not a folder"
     for option in ("--resume-from", "--exp-load-weights-from"):

@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import stat
-from typing import Any
+from typing import Any, NoReturn
 
 from hookprune import knowledge_distillation as kd
 from hookprune.apputils.data_loaders import DATASETS
@@ -23,10 +23,16 @@ MAX_SENSE_LEVELS = 1001
 DEFAULT_DIST_TIMEOUT = 600.0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (no usage above it), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; --help lists the options\n")
+
+
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Distiller's ``compress_classifier.py`` options, with the same names and meanings."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", nargs="?", metavar="DATA_DIR",
                    help="folder of the data set (MNIST, CIFAR-10 or an ImageFolder tree); none: the digits data")
     p.add_argument("-a", "--arch", metavar="ARCH",
@@ -119,8 +125,8 @@ def _number(option: str, value: Any, low: float, high: float = math.inf, *, low_
     """Refuse, naming ``option``, a ``value`` outside the interval from ``low`` to ``high`` (or not finite)."""
     if value is None:
         return
-    inside = math.isfinite(value) and (value > low if low_open else value >= low) and (
-        value < high if high_open else value <= high)
+    finite = isinstance(value, int) or math.isfinite(value)  # an int of any size: no float conversion to overflow
+    inside = finite and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if inside:
         return
     if integer:
@@ -134,7 +140,8 @@ def _number(option: str, value: Any, low: float, high: float = math.inf, *, low_
 
 def _path(option: str, value: str | None, kind: str) -> None:
     """Refuse a path that cannot be what ``option`` reads: ``kind`` is ``"file"`` or ``"folder"``; a path that
-    is something else (a pipe, a device) would block or stream forever, so it is refused too."""
+    is something else (a pipe, a device) would block or stream forever, so it is refused too. A missing file is
+    named in its reader's words."""
     if value is None or value == "":
         return
     if "\0" in value:
@@ -142,6 +149,10 @@ def _path(option: str, value: str | None, kind: str) -> None:
     try:
         mode = os.stat(value).st_mode
     except FileNotFoundError:
+        missing = {"--compress": f"{value}: no such schedule file",
+                   "--kd-resume": f"teacher checkpoint '{value}' does not exist"}
+        if kind == "file":
+            raise AppError(missing.get(option, f"checkpoint '{value}' does not exist")) from None
         raise AppError(f"{option} {value}: no such {kind}") from None
     except OSError as exc:
         raise AppError(f"{option} {value}: cannot reach it ({exc.strerror})") from None
@@ -180,6 +191,9 @@ def check_values(args: argparse.Namespace) -> None:
     _number("--kd-student-wt", args.kd_student_wt, 0)
     _number("--kd-teacher-wt", args.kd_teacher_wt, 0)
     _number("--kd-start-epoch", args.kd_start_epoch, 0, MAX_INT, integer=True)
+    if args.kd_teacher and args.kd_start_epoch >= max(args.epochs, 1):
+        raise AppError(f"--kd-start-epoch {args.kd_start_epoch}: distillation would start after the last epoch "
+                       f"(--epochs {args.epochs})")
     _number("--kd-teacher-epochs", args.kd_teacher_epochs, 0, MAX_INT, integer=True)
     _number("--kd-teacher-lr", args.kd_teacher_lr, 0)
     _number("--dist-timeout", args.dist_timeout, 0, 7 * 24 * 3600, low_open=True)
