@@ -70,7 +70,8 @@ _control: list[tuple[Any, Any]] = []
 #: (the default group, the seconds its collectives wait, the gloo group that asks which ranks respond)
 _watch: list[tuple[Any, float | None, Any]] = []
 #: what a collective's error says when a peer kept it waiting past the timeout or left the job
-_FAILED_PEER = re.compile(r"timed out|timeout|connection (?:closed|reset) by peer|broken pipe", re.I)
+_FAILED_PEER = re.compile(r"timed out waiting \d+ ?ms|connection (?:closed|reset) by peer|collective operation timeout",
+                          re.I)
 
 
 class MaskMismatchError(RuntimeError):
@@ -141,7 +142,9 @@ def collective_timeout() -> float | None:
 def is_collective_failure(exc: BaseException) -> bool:
     """True when ``exc`` is a collective's error because another rank kept it waiting past the timeout or left the
     job (inside an initialized process group)."""
-    return is_initialized() and isinstance(exc, RuntimeError) and bool(_FAILED_PEER.search(str(exc)))
+    if not is_initialized() or not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, getattr(dist, "DistBackendError", ())) or bool(_FAILED_PEER.search(str(exc)))
 
 
 def responding_ranks(window: float) -> list[int]:

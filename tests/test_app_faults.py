@@ -125,6 +125,13 @@ def test_a_value_out_of_range_is_one_line_naming_the_option(tmp_path, capsys, ar
     assert not (tmp_path / "out").exists(), "refused before anything is written"
 
 
+def test_from_the_command_line_a_bad_value_is_one_line_and_exit_status_2(tmp_path):
+    result = subprocess.run([sys.executable, str(APP), "--lr", "nan", "-o", str(tmp_path)], env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr, result.stdout) == (2, f"{PREFIX}--lr nan: must be a finite number "
+                                                                    ">= 0\n", "")
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--lr", "abc"], "argument --lr/--learning-rate: invalid float value: 'abc'"),
     (["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
