@@ -158,9 +158,13 @@ def responding_ranks(window: float) -> list[int]:
     if group is None:
         return list(range(count))
     others = [r for r in range(count) if r != me]
-    sends = [dist.isend(torch.tensor([me]), r, group=group) for r in others]
-    buffers = {r: torch.tensor([-1]) for r in others}
-    received = {r: dist.irecv(buffers[r], r, group=group) for r in others}
+    sends, received, buffers = [], {}, {r: torch.tensor([-1]) for r in others}
+    for r in others:  # a rank whose process is gone refuses at once
+        try:
+            sends.append(dist.isend(torch.tensor([me]), r, group=group))
+            received[r] = dist.irecv(buffers[r], r, group=group)
+        except RuntimeError:
+            continue
     deadline = time.monotonic() + window
     answered = [me]
     for r, work in received.items():

@@ -401,8 +401,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_stopped_rank_ends_the_job_with_one_line_naming_it(tmp_path):
-    # two gloo ranks started as torchrun starts them (env://); rank 1 is stopped in the middle of training
+@pytest.mark.parametrize("fault", [signal.SIGSTOP, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_stopped_or_dead_rank_ends_the_job_with_one_line_naming_it(tmp_path, fault):
+    # two gloo ranks started as torchrun starts them (env://); rank 1 is stopped or killed in the middle of training
     port = free_port()
     argv = [sys.executable, str(APP), "--epochs", "50", "-b", "8", "--print-freq", "1", "--seed", "0",
             "--dist-timeout", "3", "-o", str(tmp_path)]
@@ -422,7 +423,7 @@ def test_a_stopped_rank_ends_the_job_with_one_line_naming_it(tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail("training did not start")
-        procs[1].send_signal(signal.SIGSTOP)
+        procs[1].send_signal(fault)
         stopped = time.monotonic()
         _, err = procs[0].communicate(timeout=40)
         ended = time.monotonic() - stopped

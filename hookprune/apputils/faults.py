@@ -23,18 +23,22 @@ def fault_line(exc: BaseException) -> str | None:
         reason = exc.strerror or str(exc) or type(exc).__name__
         return f"{reason}: {names}" if names else reason
     if distributed.is_collective_failure(exc):
-        return _stopped_ranks()
+        return _stopped_ranks(exc)
     return None
 
 
-def _stopped_ranks() -> str:
+def _stopped_ranks(exc: BaseException) -> str:
     timeout = distributed.collective_timeout()
     window = MAX_ROLL_CALL_S if timeout is None else min(timeout, MAX_ROLL_CALL_S)
-    answered = distributed.responding_ranks(window)
+    waited = "torch's default timeout" if timeout is None else f"{timeout:g} s (--dist-timeout)"
+    try:
+        answered = distributed.responding_ranks(window)
+    except RuntimeError:  # the roll call itself failed: say what the collective said
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"a collective operation failed (waiting at most {waited}): {reason}"
     if distributed.rank() != min(answered):
         return ""
     missing = [r for r in range(distributed.world_size()) if r not in answered]
-    waited = "torch's default timeout" if timeout is None else f"{timeout:g} s (--dist-timeout)"
     if not missing:
         return f"a collective operation failed after waiting {waited}, yet every rank still answers"
     ranks = f"rank {missing[0]}" if len(missing) == 1 else "ranks " + ", ".join(map(str, missing))
