@@ -461,3 +461,26 @@ def test_a_scheduler_subclass_whose_annotations_do_not_all_resolve_is_checked_on
     with pytest.raises(ArgumentError, match=r"^'warmup' must be an integer, got 1\.5$"):
         lr_arguments.check(_StepsWithWarmup, {"milestones": [2, 4], "warmup": 1.5})
     lr_arguments.check(_StepsWithWarmup, {"milestones": "anything", "gamma": 0.5, "warmup": 2})
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda c: c.__setitem__("epoch", [1]), "'epoch' must be an integer, not list"),
+    (lambda c: c.__setitem__("extras", 5), "'extras' must be a mapping, not int"),
+    (lambda c: c["extras"].__setitem__("history", [1, 2]), "'extras.history' must be a list of epoch entries"),
+    (lambda c: c["extras"]["history"][0].__setitem__("val_top1", torch.ones(1)),
+     "'extras.history' must be a list of epoch entries"),
+    (lambda c: c["extras"].__setitem__("rng", {"torch": torch.zeros(3), "python": 5}),
+     "'extras.rng' must be the random generators' states, not dict"),
+    (lambda c: c.__setitem__("optimizer_state_dict", {"state": 5}),
+     "'optimizer_state_dict' must be an optimizer's state_dict() (a mapping with 'state' and 'param_groups')"),
+    (lambda c: c.__setitem__("compression_sched", 5), "'compression_sched' must be a mapping"),
+], ids=["epoch", "extras", "history", "history tensor", "rng", "optimizer", "schedule"])
+def test_a_checkpoint_whose_entries_are_of_the_wrong_kind_is_one_line(tmp_path, capsys, finished_run, change,
+                                                                       expected):
+    checkpoint = read_checkpoint(finished_run / "lenet300_100_checkpoint.pth.tar")
+    change(checkpoint)
+    path = tmp_path / "odd.pth.tar"
+    torch.save(checkpoint, path)
+    for option in ("--resume-from", "--exp-load-weights-from"):
+        line = fails(capsys, option, str(path), "--epochs", "2", "-o", str(tmp_path / "out"))
+        assert line.startswith(f"checkpoint '{path}' is malformed: {expected}")

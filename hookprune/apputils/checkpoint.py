@@ -287,7 +287,88 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
                                   f"or copied?): {reason}") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint '{shown}' holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    problem = layout_problem(checkpoint)
+    if problem:
+        raise CheckpointError(f"checkpoint '{shown}' is malformed: {problem}")
     return checkpoint
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """True for what JSON holds: strings, finite or not numbers, booleans, None, and lists and string-keyed dicts
+    of them."""
+    if value is None or isinstance(value, str | int | float):
+        return True
+    if depth > 32:
+        return False
+    if isinstance(value, list | tuple):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _is_state(value: Any) -> bool:
+    """A state dict: names to tensors (or, for a few quantized modules, other values ``load_state_dict`` judges)."""
+    return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+
+
+def _is_rng(value: Any) -> bool:
+    """What :func:`hookprune.apputils.rng.rng_state` saves: torch's byte state, Python's state, CUDA's states."""
+    if not isinstance(value, Mapping):
+        return False
+    torch_state, python, cuda = value.get("torch"), value.get("python"), value.get("cuda", [])
+    if not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8 and torch_state.dim() == 1):
+        return False
+    if not (isinstance(python, list | tuple) and len(python) == 3 and _is_int(python[0])
+            and isinstance(python[1], list | tuple) and all(map(_is_int, python[1]))
+            and (python[2] is None or isinstance(python[2], float))):
+        return False
+    return isinstance(cuda, list | tuple) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                                   for t in cuda)
+
+
+#: the keys of a history entry the application reads back on resume, each a number
+_HISTORY_KEYS = ("epoch", "val_top1", "nonzeros", "sparsity")
+#: what each top-level key of a checkpoint holds, when present and not null
+_LAYOUT: dict[str, tuple[str, Any]] = {
+    "epoch": ("an integer", _is_int),
+    "arch": ("a string", lambda v: isinstance(v, str)),
+    "state_dict": ("a mapping of names to tensors", _is_state),
+    "optimizer_state_dict": ("an optimizer's state_dict() (a mapping with 'state' and 'param_groups')",
+                             lambda v: isinstance(v, Mapping) and isinstance(v.get("state"), Mapping)
+                             and isinstance(v.get("param_groups"), list)),
+    "compression_sched": ("a mapping (the scheduler's state_dict())", lambda v: isinstance(v, Mapping)),
+    "thinning_recipes": ("a list", lambda v: isinstance(v, list)),
+    "quantizer_metadata": ("a mapping", lambda v: isinstance(v, Mapping)),
+    "extras": ("a mapping", lambda v: isinstance(v, Mapping)),
+}
+_EXTRAS_LAYOUT: dict[str, tuple[str, Any]] = {
+    "seed": ("an integer", _is_int),
+    "rng": ("the random generators' states", _is_rng),
+    "history": (f"a list of epoch entries (plain values, with the numbers {', '.join(_HISTORY_KEYS)})",
+                lambda v: isinstance(v, list) and all(
+                    isinstance(e, dict) and _is_plain(e) and all(
+                        isinstance(e.get(k), int | float) and not isinstance(e.get(k), bool) for k in _HISTORY_KEYS)
+                    for e in v)),
+    "kd_teacher": ("a mapping of names to tensors", _is_state),
+}
+
+
+def layout_problem(checkpoint: Mapping[str, Any]) -> str | None:
+    """What in ``checkpoint`` is not of the kind its key holds in hookprune's (and Distiller's) checkpoints, in a
+    few words, or None. Keys it does not know, and keys set to null, are left alone."""
+    for where, layout, holder in (("", _LAYOUT, checkpoint), ("extras.", _EXTRAS_LAYOUT, checkpoint.get("extras"))):
+        if not isinstance(holder, Mapping):
+            continue
+        for key, (what, accepts) in layout.items():
+            value = holder.get(key)
+            if value is not None and not accepts(value):
+                return f"'{where}{key}' must be {what}, not {type(value).__name__}"
+    return None
 
 
 def model_state(checkpoint: Mapping[str, Any], path: str | os.PathLike[str] = "<checkpoint>") -> dict[str, Any]:
@@ -343,9 +424,9 @@ def resume_run(checkpoint: Mapping[str, Any], path: str | os.PathLike[str], mode
     if state is not None:
         try:
             scheduler.load_state_dict(state)
-        except ValueError as exc:
-            raise CheckpointError(f"{where} does not fit this run ({exc}); resume with the --compress schedule "
-                                  "and --kd-* options it was trained with") from None
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{where} does not fit this run ({_reason(exc)}); resume with the --compress "
+                                  "schedule and --kd-* options it was trained with") from None
     try:
         model.load_state_dict(model_state(checkpoint, path))
     except RuntimeError as exc:
@@ -353,8 +434,17 @@ def resume_run(checkpoint: Mapping[str, Any], path: str | os.PathLike[str], mode
     if optimizer is not None and "optimizer_state_dict" in checkpoint:
         try:
             optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        except ValueError as exc:
-            raise CheckpointError(f"{where}: the optimizer state does not fit ({exc})") from None
-    extras = checkpoint.get("extras", {})
-    if device is not None and "rng" in extras:
-        restore_rng(extras["rng"], device)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise CheckpointError(f"{where}: the optimizer state does not fit ({_reason(exc)})") from None
+    extras = checkpoint.get("extras") or {}
+    if device is not None and extras.get("rng") is not None:
+        try:
+            restore_rng(extras["rng"], device)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: the random generators' states do not load ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
