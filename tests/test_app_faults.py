@@ -466,9 +466,10 @@ def test_a_scheduler_subclass_whose_annotations_do_not_all_resolve_is_checked_on
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda c: c.__setitem__("epoch", [1]), "'epoch' must be an integer, not list"),
     (lambda c: c.__setitem__("extras", 5), "'extras' must be a mapping, not int"),
-    (lambda c: c["extras"].__setitem__("history", [1, 2]), "'extras.history' must be a list of epoch entries"),
+    (lambda c: c["extras"].__setitem__("history", [1, 2]),
+     "'extras.history' must be a list of mappings of plain values (one per epoch), not list"),
     (lambda c: c["extras"]["history"][0].__setitem__("val_top1", torch.ones(1)),
-     "'extras.history' must be a list of epoch entries"),
+     "'extras.history' must be a list of mappings of plain values (one per epoch), not list"),
     (lambda c: c["extras"].__setitem__("rng", {"torch": torch.zeros(3), "python": 5}),
      "'extras.rng' must be the random generators' states, not dict"),
     (lambda c: c.__setitem__("optimizer_state_dict", {"state": 5}),
@@ -484,3 +485,12 @@ def test_a_checkpoint_whose_entries_are_of_the_wrong_kind_is_one_line(tmp_path, 
     for option in ("--resume-from", "--exp-load-weights-from"):
         line = fails(capsys, option, str(path), "--epochs", "2", "-o", str(tmp_path / "out"))
         assert line.startswith(f"checkpoint '{path}' is malformed: {expected}")
+
+
+def test_a_resumed_history_without_the_numbers_a_run_reads_is_one_line(tmp_path, capsys, finished_run):
+    checkpoint = read_checkpoint(finished_run / "lenet300_100_checkpoint.pth.tar")
+    del checkpoint["extras"]["history"][0]["nonzeros"]
+    path = tmp_path / "odd.pth.tar"
+    torch.save(checkpoint, path)
+    line = fails(capsys, "--resume-from", str(path), "--epochs", "2", "-o", str(tmp_path / "out"))
+    assert line == f"checkpoint '{path}' is malformed: epoch entry #1 of 'extras.history' lacks the number nonzeros"

@@ -50,7 +50,7 @@ from hookprune.apputils.errors import AppError
 from hookprune.apputils.evaluation import Scores, evaluate
 from hookprune.apputils.faults import fault_line
 from hookprune.apputils.fsdp import load_whole_weights, resume_sharded_run, save_gathered_checkpoint
-from hookprune.apputils.history import best_key, epoch_entry, layer_records, plot_training, write_json
+from hookprune.apputils.history import best_key, epoch_entry, layer_records, plot_training, resumed_history, write_json
 from hookprune.apputils.models import AdaptedInput, build_model, check_arch
 from hookprune.apputils.rng import resolve_seed, rng_state, seed_run
 from hookprune.apputils.run_folder import RunLog, clear_unfinished_writes, new_run_folder
@@ -309,7 +309,7 @@ class Run:
         resume(checkpoint, args.resume_from, self.model, sched, self.arch, optimizer, self.device)
         epoch = int(checkpoint.get("epoch", -1)) + 1
         self.say(f"resumed {args.resume_from} at epoch {epoch}")
-        history = list(checkpoint.get("extras", {}).get("history", []))
+        history = resumed_history(checkpoint, args.resume_from)
         best = max(history, key=best_key) if history else None
         return epoch, history, best
 
