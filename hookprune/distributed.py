@@ -20,6 +20,10 @@ are the one mask a single process would compute. :func:`synchronize_masks` refus
 
 The small collectives here (flags, names, sums, digests) run on a CPU process group: the default group
 under gloo, a gloo group made once beside it under nccl, so that they never wait on a GPU stream.
+
+Every collective waits at most the timeout given to :func:`init_process_group` for the other ranks; when one
+gives up (a rank stopped, hung or dead), :func:`responding_ranks` tells which ranks still answer, over a gloo
+group kept for that alone.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,10 +51,13 @@ __all__ = [
     "all_sum",
     "broadcast_buffers",
     "broadcast_json",
+    "collective_timeout",
     "init_process_group",
+    "is_collective_failure",
     "is_initialized",
     "launch_environment",
     "rank",
+    "responding_ranks",
     "synchronize_masks",
     "synchronize_masks_if_distributed",
     "verify_masks",
@@ -58,6 +68,11 @@ __all__ = [
 BROADCAST_BUCKET_BYTES = 1 << 28
 
 _control: list[tuple[Any, Any]] = []
+#: (the default group, the seconds its collectives wait, the gloo group that asks which ranks respond)
+_watch: list[tuple[Any, float | None, Any]] = []
+#: what a collective's error says when a peer kept it waiting past the timeout or left the job
+_FAILED_PEER = re.compile(r"timed out waiting \d+ ?ms|connection (?:closed|reset) by peer|collective operation timeout",
+                          re.I)
 
 
 class MaskMismatchError(RuntimeError):
@@ -98,15 +113,69 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> LaunchEnviro
     return launch
 
 
-def init_process_group(device: torch.device) -> str:
+def init_process_group(device: torch.device, timeout: float | None = None) -> str:
     """Join the job ``torchrun`` started (``env://``): nccl when ``device`` is a GPU, which becomes this process's
-    current device, gloo otherwise. Returns the backend's name."""
+    current device, gloo otherwise. Returns the backend's name.
+
+    ``timeout`` (seconds; torch's default when None) bounds how long every collective waits for the other ranks:
+    under gloo the waiting rank raises an error, which :func:`is_collective_failure` recognises; under nccl torch's
+    watchdog ends the process. A gloo group for :func:`responding_ranks` is made beside the default group.
+    """
+    wait = None if timeout is None else timedelta(seconds=timeout)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=device)
-        return "nccl"
-    dist.init_process_group(backend="gloo")
-    return "gloo"
+        dist.init_process_group(backend="nccl", device_id=device, timeout=wait)
+        backend = "nccl"
+    else:
+        dist.init_process_group(backend="gloo", timeout=wait)
+        backend = "gloo"
+    _watch.clear()
+    _watch.append((dist.group.WORLD, timeout, dist.new_group(backend="gloo", timeout=wait)))
+    return backend
+
+
+def collective_timeout() -> float | None:
+    """The seconds a collective of the current job waits for the other ranks (None: torch's default)."""
+    world = dist.group.WORLD if is_initialized() else None
+    return next((timeout for owner, timeout, _ in _watch if owner is world), None)
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """True when ``exc`` is a collective's error because another rank kept it waiting past the timeout or left the
+    job (inside an initialized process group)."""
+    if not is_initialized() or not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, getattr(dist, "DistBackendError", ())) or bool(_FAILED_PEER.search(str(exc)))
+
+
+def responding_ranks(window: float) -> list[int]:
+    """The ranks that answer within ``window`` seconds, this one included, after a collective failed: every rank
+    that calls this sends its number to every other and listens for theirs, so the ranks that call it within the
+    window agree. Ranks that are stopped, hung in other work, or dead do not answer. Needs
+    :func:`init_process_group`'s group; without it, every rank is assumed to answer."""
+    world = dist.group.WORLD
+    group = next((g for owner, _, g in _watch if owner is world), None)
+    me, count = dist.get_rank(), dist.get_world_size()
+    if group is None:
+        return list(range(count))
+    others = [r for r in range(count) if r != me]
+    sends, received, buffers = [], {}, {r: torch.tensor([-1]) for r in others}
+    for r in others:  # a rank whose process is gone refuses at once
+        try:
+            sends.append(dist.isend(torch.tensor([me]), r, group=group))
+            received[r] = dist.irecv(buffers[r], r, group=group)
+        except RuntimeError:
+            continue
+    deadline = time.monotonic() + window
+    answered = [me]
+    for r, work in received.items():
+        try:
+            work.wait(timedelta(seconds=max(deadline - time.monotonic(), 0.001)))
+            answered.append(r)
+        except RuntimeError:
+            continue
+    del sends
+    return sorted(answered)
 
 
 def is_initialized() -> bool:
@@ -133,7 +202,8 @@ def _control_group() -> Any:
         if owner is world:
             return group
     _control.clear()
-    group = dist.new_group(backend="gloo")
+    timeout = collective_timeout()
+    group = dist.new_group(backend="gloo", timeout=None if timeout is None else timedelta(seconds=timeout))
     _control.append((world, group))
     return group
 

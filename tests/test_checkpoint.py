@@ -94,7 +94,7 @@ def test_a_process_killed_while_writing_leaves_a_complete_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(("content", "expected"), [
     (b"", "is incomplete or corrupt"),
-    (b"not a checkpoint at all", "is incomplete or corrupt"),
+    (b"not a checkpoint at all", "is not a checkpoint: neither torch.save's zip archive nor a pickle"),
 ])
 def test_unreadable_files_are_one_line(tmp_path, content, expected):
     path = tmp_path / "bad.pth"

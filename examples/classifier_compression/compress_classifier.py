@@ -37,7 +37,13 @@ import hookprune
 from hookprune import distributed, sensitivity
 from hookprune import knowledge_distillation as kd
 from hookprune.apputils.activation_stats import ActivationStats
-from hookprune.apputils.arguments import DEFAULT_ARCH, build_parser, check_app_options, check_training_stack
+from hookprune.apputils.arguments import (
+    DEFAULT_ARCH,
+    build_parser,
+    check_app_options,
+    check_training_stack,
+    check_values,
+)
 from hookprune.apputils.checkpoint import load_weights, model_state, read_checkpoint, resume_run, save_checkpoint
 from hookprune.apputils.data_loaders import (
     classes_of,
@@ -50,16 +56,24 @@ from hookprune.apputils.deployment import check_export_args, export_run_model, i
 from hookprune.apputils.device import choose_device, shard_model, wrap_model
 from hookprune.apputils.errors import AppError
 from hookprune.apputils.evaluation import Scores, evaluate
+from hookprune.apputils.faults import fault_line
 from hookprune.apputils.fsdp import load_whole_weights, resume_sharded_run, save_gathered_checkpoint
 from hookprune.apputils.greedy import greedy_search
-from hookprune.apputils.history import best_key, epoch_entry, layer_records, plot_training, write_json
+from hookprune.apputils.history import (
+    best_key,
+    epoch_entry,
+    layer_records,
+    plot_training,
+    resumed_history,
+    write_json,
+)
 from hookprune.apputils.model_summary import compute_summary, draw_graph, modules_table
 from hookprune.apputils.models import AdaptedInput, build_model, check_arch
 from hookprune.apputils.post_training import STATS_FILE, calibrate, describe, post_train_quantizer
 from hookprune.apputils.pretrained import pretrained_weights
 from hookprune.apputils.reports import best_scores, confusion_table, masks_table
 from hookprune.apputils.rng import resolve_seed, rng_state, seed_run
-from hookprune.apputils.run_folder import RunLog, debug_messages, new_run_folder
+from hookprune.apputils.run_folder import RunLog, clear_unfinished_writes, debug_messages, new_run_folder
 from hookprune.apputils.thinnify import thinnify
 from hookprune.apputils.training import MixedPrecision, Trainer
 from hookprune.config.reader import read_schedule
@@ -80,12 +94,12 @@ class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.started = time.perf_counter()
+        check_values(args)
+        check_app_options(args)
         self.resumed = read_checkpoint(args.resume_from) if args.resume_from else None
         if args.resume_from and args.exp_load_weights_from:
             raise AppError("--resume-from and --exp-load-weights-from exclude each other: resume a run, or "
                            "start a new one from another run's weights")
-        if args.epochs < 0 or args.batch_size < 1 or args.print_freq < 1:
-            raise AppError("--epochs must be >= 0, --batch-size and --print-freq >= 1")
         self.launch = distributed.launch_environment()
         check_training_stack(args, self.launch is not None)
         check_export_args(args)
@@ -100,7 +114,7 @@ class Run:
         self.device, self.gpu_ids = choose_device(args.cpu, args.gpus, self.launch)
         self.seed = resolve_seed(args.seed, self.resumed, args.deterministic)
         if self.launch is not None:
-            self.backend = distributed.init_process_group(self.device)
+            self.backend = distributed.init_process_group(self.device, args.dist_timeout)
             self.group_started = True
             self.seed = distributed.broadcast_json(self.seed)
         saved_arch = self.resumed.get("arch") if self.resumed else None
@@ -415,6 +429,9 @@ class Run:
         """Load the checkpoint of --resume-from into the model, optimizer and schedule; the next epoch."""
         args, checkpoint = self.args, self.resumed
         assert checkpoint is not None
+        cleared = clear_unfinished_writes(Path(args.resume_from).parent) if self.main else None
+        if cleared:
+            self.say(cleared)
         resume = resume_sharded_run if args.fsdp else resume_run
         if args.reset_optimizer:
             resume(checkpoint, args.resume_from, self.model, sched, self.arch)
@@ -423,7 +440,7 @@ class Run:
         resume(checkpoint, args.resume_from, self.model, sched, self.arch, optimizer, self.device)
         epoch = int(checkpoint.get("epoch", -1)) + 1
         self.say(f"resumed {args.resume_from} at epoch {epoch}")
-        history = list(checkpoint.get("extras", {}).get("history", []))
+        history = resumed_history(checkpoint, args.resume_from)
         best = max(history, key=best_key) if history else None
         return epoch, history, best
 
@@ -445,8 +462,6 @@ class Run:
     def sense(self, net: nn.Module) -> int:
         args = self.args
         start, stop, step = args.sense_range
-        if step <= 0 or not 0 <= start <= stop <= 1:
-            raise AppError(f"--sense-range {start} {stop} {step}: need 0 <= START <= STOP <= 1 and STEP > 0")
         levels = [round(start + i * step, 10) for i in range(math.floor((stop - start) / step + 1e-9) + 1)]
         params = [name for name, p in self.model.named_parameters()
                   if (p.dim() == 4 if args.sense != "element" else p.dim() > 1)]
@@ -557,7 +572,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = None
     try:
-        check_app_options(args)
         with debug_messages(args.verbose):
             run = Run(args)
             return run.run()
@@ -570,6 +584,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 1
+    except (OSError, RuntimeError) as exc:  # a full disk, a refused file, a rank that stopped answering
+        line = fault_line(exc)
+        if line is None:
+            raise
+        if line:
+            print(f"{PROG}: error: {rank_prefix()}{' '.join(line.split())}", file=sys.stderr)
+        return 2
     finally:
         if run is not None:
             run.close()

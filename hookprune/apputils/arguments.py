@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import math
+import os
+import stat
+from typing import Any, NoReturn
 
 from hookprune import knowledge_distillation as kd
 from hookprune.apputils.activation_stats import PHASES, check_phases
@@ -18,20 +21,26 @@ from hookprune.errors import suggest
 from hookprune.pruning.greedy import FINETUNING_POLICIES
 
 DEFAULT_ARCH = "lenet300_100"
+#: the largest integer an option takes (epochs, sizes, seeds): what fits in torch's 64-bit integers
+MAX_INT = 2**63 - 1
+#: the most sparsity levels ``--sense-range`` may ask for (a step of 0.001 over [0, 1] is 1,001 levels)
+MAX_SENSE_LEVELS = 1001
+#: default seconds a collective waits for the other ranks of a torchrun job before the job ends
+DEFAULT_DIST_TIMEOUT = 600.0
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors (an unknown option, a value of the wrong type, options that exclude each
-    other) are one line naming the option, and exit status 2, as every other bad input of the application."""
+    other) are one line naming the option, without the usage above it, and exit status 2, as every other bad input
+    of the application."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; --help lists the options\n")
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Distiller's ``compress_classifier.py`` options, with the same names and meanings."""
-    p = OneLineParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", nargs="?", metavar="DATA_DIR",
                    help="folder of the data set (MNIST, CIFAR-10 or an ImageFolder tree); none: the digits data")
     p.add_argument("-a", "--arch", metavar="ARCH",
@@ -92,6 +101,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model with FSDP2 (fully_shard) instead of DistributedDataParallel")
     add_export_args(p)
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: how long a collective waits for the other ranks; a stopped, hung or dead "
+                        "rank then ends the job with one line naming it")
     return p
 
 
@@ -220,3 +232,90 @@ def check_app_options(args: argparse.Namespace) -> None:
         raise AppError("--thinnify thins a trained model: give it with --resume-from or --exp-load-weights-from")
     if args.pretrained is not None and (args.resume_from or args.exp_load_weights_from):
         raise AppError("--pretrained with --resume-from or --exp-load-weights-from: start from one set of weights")
+
+
+def _number(option: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
+            high_open: bool = False, integer: bool = False) -> None:
+    """Refuse, naming ``option``, a ``value`` outside the interval from ``low`` to ``high`` (or not finite)."""
+    if value is None:
+        return
+    finite = isinstance(value, int) or math.isfinite(value)  # an int of any size: no float conversion to overflow
+    inside = finite and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if inside:
+        return
+    if integer:
+        bound = f"from {low:g} to {high}" if high < math.inf else f">= {low:g}"
+        raise AppError(f"{option} {value}: must be an integer {bound}")
+    if high == math.inf:
+        raise AppError(f"{option} {value}: must be a finite number {'>' if low_open else '>='} {low:g}")
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise AppError(f"{option} {value}: must be a number within {interval}")
+
+
+def _path(option: str, value: str | None, kind: str) -> None:
+    """Refuse a path that cannot be what ``option`` reads: ``kind`` is ``"file"`` or ``"folder"``; a path that
+    is something else (a pipe, a device) would block or stream forever, so it is refused too. A missing file is
+    named in its reader's words."""
+    if value is None or value == "":
+        return
+    if "\0" in value:
+        raise AppError(f"{option}: the path {value!r} holds a NUL character")
+    try:
+        mode = os.stat(value).st_mode
+    except FileNotFoundError:
+        missing = {"--compress": f"{value}: no such schedule file",
+                   "--kd-resume": f"teacher checkpoint '{value}' does not exist"}
+        if kind == "file":
+            raise AppError(missing.get(option, f"checkpoint '{value}' does not exist")) from None
+        raise AppError(f"{option} {value}: no such {kind}") from None
+    except OSError as exc:
+        raise AppError(f"{option} {value}: cannot reach it ({exc.strerror})") from None
+    if kind == "folder" and not stat.S_ISDIR(mode):
+        raise AppError(f"{option} {value}: not a folder")
+    if kind == "file" and not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device?)"
+        raise AppError(f"{option} {value}: {what}, not a {'schedule' if option == '--compress' else 'checkpoint'} "
+                       "file")
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """Refuse, in one line naming the option and its value, every value the run cannot use: numbers that are not
+    finite or out of range, and paths that are missing or of the wrong kind. Runs before anything is loaded."""
+    _number("--epochs", args.epochs, 0, MAX_INT, integer=True)
+    _number("--batch-size", args.batch_size, 1, MAX_INT, integer=True)
+    _number("--print-freq", args.print_freq, 1, MAX_INT, integer=True)
+    workers = max(8, 4 * (os.cpu_count() or 1))
+    if not 0 <= args.workers <= workers:
+        raise AppError(f"--workers {args.workers}: must be an integer from 0 to {workers} (4 processes per CPU core)")
+    _number("--seed", args.seed, 0, MAX_INT, integer=True)
+    _number("--lr", args.lr, 0)
+    _number("--momentum", args.momentum, 0, 1, high_open=True)
+    _number("--wd", args.weight_decay, 0)
+    _number("--vs", args.validation_split, 0, 1, high_open=True)
+    for split in ("train", "valid", "test"):
+        _number(f"--effective-{split}-size", getattr(args, f"effective_{split}_size"), 0, 1, low_open=True)
+    start, stop, step = args.sense_range
+    if not all(map(math.isfinite, args.sense_range)) or step <= 0 or not 0 <= start <= stop <= 1:
+        raise AppError(f"--sense-range {start:g} {stop:g} {step:g}: need 0 <= START <= STOP <= 1 and STEP > 0")
+    if (stop - start) / step + 1 > MAX_SENSE_LEVELS:
+        raise AppError(f"--sense-range {start:g} {stop:g} {step:g}: more than {MAX_SENSE_LEVELS:,} levels; "
+                       "use a larger STEP")
+    _number("--kd-temperature", args.kd_temp, 0, low_open=True)
+    _number("--kd-distill-wt", args.kd_distill_wt, 0)
+    _number("--kd-student-wt", args.kd_student_wt, 0)
+    _number("--kd-teacher-wt", args.kd_teacher_wt, 0)
+    _number("--kd-start-epoch", args.kd_start_epoch, 0, MAX_INT, integer=True)
+    if args.kd_teacher and args.kd_start_epoch >= max(args.epochs, 1):
+        raise AppError(f"--kd-start-epoch {args.kd_start_epoch}: distillation would start after the last epoch "
+                       f"(--epochs {args.epochs})")
+    _number("--kd-teacher-epochs", args.kd_teacher_epochs, 0, MAX_INT, integer=True)
+    _number("--kd-teacher-lr", args.kd_teacher_lr, 0)
+    _number("--dist-timeout", args.dist_timeout, 0, 7 * 24 * 3600, low_open=True)
+    if args.name and (os.sep in args.name or "/" in args.name or "\0" in args.name or args.name in (".", "..")):
+        raise AppError(f"--name {args.name!r}: a name, not a path (no '/')")
+    _path("DATA_DIR", args.data, "folder")
+    _path("--compress", args.compress, "file")
+    for option in ("--resume-from", "--exp-load-weights-from", "--kd-resume"):
+        _path(option, getattr(args, option[2:].replace("-", "_")), "file")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise AppError(f"--out-dir {args.out_dir}: not a folder")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from hookprune.apputils.checkpoint import atomic_write
+from hookprune.apputils.checkpoint import CheckpointError, atomic_write
 from hookprune.apputils.evaluation import Scores
 from hookprune.apputils.training import EpochLoss
 from hookprune.sparsity import LayerSparsity, total_sparsity
@@ -43,6 +43,22 @@ def best_key(entry: Mapping[str, Any]) -> tuple[int, float, int]:
     """Distiller's choice of the best epoch: the fewest non-zero weights (so a thinned model beats the masked
     one it came from), then the most accurate, then the latest. The best entry is ``max(history, key=best_key)``."""
     return (-entry["nonzeros"], entry["val_top1"], entry["epoch"])
+
+
+#: the numbers of an epoch entry a resumed run reads back (the best epoch, the report)
+ENTRY_NUMBERS = ("epoch", "val_top1", "nonzeros", "sparsity")
+
+
+def resumed_history(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The epoch entries of a checkpoint the application wrote (``extras.history``), each checked to hold the
+    numbers a resumed run reads; raises :class:`~hookprune.apputils.checkpoint.CheckpointError` naming the file."""
+    history = list((checkpoint.get("extras") or {}).get("history") or [])
+    for index, entry in enumerate(history):
+        bad = [k for k in ENTRY_NUMBERS if not isinstance(entry.get(k), int | float) or isinstance(entry.get(k), bool)]
+        if bad:
+            raise CheckpointError(f"checkpoint '{os.fspath(path)}' is malformed: epoch entry #{index + 1} of "
+                                  f"'extras.history' lacks the number{'s' if len(bad) > 1 else ''} {', '.join(bad)}")
+    return history
 
 
 def write_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:

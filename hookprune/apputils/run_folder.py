@@ -1,5 +1,6 @@
-"""Where a run writes: a new folder ``OUT_DIR/NAME___TIMESTAMP``, the log of every line the run prints, and with
-``--verbose`` the library's debug messages on stderr."""
+"""Where a run writes: a new folder ``OUT_DIR/NAME___TIMESTAMP``, the log of every line the run prints, with
+``--verbose`` the library's debug messages on stderr, and the clearing of writes a killed run left unfinished in
+its folder."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from hookprune.apputils.checkpoint import remove_unfinished_writes
+
 
 def new_run_folder(out_dir: str | os.PathLike[str], name: str) -> Path:
     """Create and return ``out_dir/name___YYYY.MM.DD-HHMMSS``, with ``.2``, ``.3``... appended when a run of the
@@ -26,6 +29,17 @@ def new_run_folder(out_dir: str | os.PathLike[str], name: str) -> Path:
         run_dir = base.with_name(f"{base.name}.{n}")
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+def clear_unfinished_writes(folder: str | os.PathLike[str]) -> str | None:
+    """Remove the temporary files a run killed while writing its checkpoints (or summary, or plot) left in
+    ``folder``; the line saying so, or None when there were none."""
+    removed = remove_unfinished_writes(folder)
+    if not removed:
+        return None
+    plural = "s" if len(removed) > 1 else ""
+    return f"removed {len(removed)} unfinished write{plural} a killed run left in {folder}: " + ", ".join(
+        p.name for p in removed)
 
 
 class RunLog:

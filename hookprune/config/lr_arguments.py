@@ -4,17 +4,22 @@ torch's classes check little themselves (``StepLR`` takes ``gamma: "0.1"`` and f
 step, ``MultiStepLR`` takes ``milestones: "30,60"`` as a string of characters), and several of their
 annotations do not resolve with ``typing.get_type_hints``. The rules here state torch's types and
 ranges outright, so a mistake is an :class:`ArgumentError` naming the argument, which the builder
-reports at the argument's line.
+reports at the argument's line. Other LR scheduler classes (a subclass, a plugin's) are checked against
+their annotations by the builder; where one annotation does not resolve, the others are checked here, each
+on its own, rather than none at all.
 """
 
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from hookprune.config import argtypes
 from hookprune.pruning.base import ArgumentError
 
 #: longest excerpt of a value quoted in an error
@@ -170,12 +175,35 @@ TOGETHER: dict[str, Callable[[Mapping[str, Any]], None]] = {
 }
 
 
+def annotations_one_by_one(cls: type) -> dict[str, Any]:
+    """The annotations of ``cls``'s constructor that resolve, each on its own, when ``typing.get_type_hints``
+    cannot resolve them all (a name imported only for type checkers); {} when it can (the builder checks those)."""
+    if argtypes.hints_of(cls):
+        return {}
+    target = cls.__init__ if isinstance(cls, type) else cls
+    names = getattr(target, "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, annotation in dict(getattr(target, "__annotations__", None) or {}).items():
+        try:
+            hints.update(typing.get_type_hints(types.SimpleNamespace(__annotations__={name: annotation}),
+                                               globalns=names))
+        except Exception:  # this annotation does not resolve either; the others still count
+            continue
+    return hints
+
+
 def check(cls: type, arguments: Mapping[str, Any]) -> None:
-    """Raise :class:`ArgumentError` for the first of ``arguments`` that ``cls`` (an LR scheduler class
-    of :data:`RULES`) cannot take; other classes, subclasses included, are left to their own checks."""
+    """Raise :class:`ArgumentError` for the first of ``arguments`` that ``cls`` cannot take: by the rules of
+    :data:`RULES` for the classes listed there; for other classes, subclasses included, by the annotations of
+    their constructor that resolve one by one when not all of them do (see :func:`annotations_one_by_one`)."""
     key = f"{cls.__module__}:{cls.__qualname__}"
     rules = RULES.get(key)
     if rules is None:
+        hints = annotations_one_by_one(cls)
+        for argument, value in arguments.items():
+            if argument in hints and not argtypes.matches(value, hints[argument]):
+                raise ArgumentError(argument, f"'{argument}' must be {argtypes.describe(hints[argument])}, "
+                                              f"got {_shown(value)}")
         return
     for argument, value in arguments.items():
         if argument == "last_epoch":
