@@ -18,7 +18,7 @@ import torch
 from hookprune._engine import registry as plugins
 from hookprune._engine.params import ParamIndex, normalize_name
 from hookprune._engine.scheduler import set_active
-from hookprune._engine.windows import Window
+from hookprune._engine.windows import STEP_KEYS, StepWindow, Window
 from hookprune.compat.distiller import PROTOCOL_METHODS, CompressionScheduler, adapt, schedule_instance
 from hookprune.config import argtypes, lr_arguments
 from hookprune.config.reader import key_where_of, read_schedule, where_of
@@ -37,7 +37,8 @@ SECTIONS = {
 }
 POLICY_KINDS = {kind: section for section, kind in SECTIONS.items()}
 TOP_LEVEL_KEYS = ("version", *SECTIONS, "policies")
-WINDOW_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+EPOCH_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+WINDOW_KEYS = (*EPOCH_KEYS, *STEP_KEYS)
 INJECTED = ("name", "model", "optimizer", "teacher")
 #: constructor arguments that name files; a relative path that is not found from the working directory
 #: is looked up from the schedule's folder and then each folder above it (Distiller's schedules give
@@ -380,6 +381,11 @@ class _Builder:
         raise at.error(f"{kind} instance '{name}' is not declared under '{section}'{hint}{listed}")
 
     def _window(self, pdef: Mapping[str, Any], i: int) -> Window:
+        steps = [k for k in STEP_KEYS if k in pdef]
+        epochs = [k for k in EPOCH_KEYS if k in pdef]
+        if steps and epochs:
+            raise self.at_key(pdef, steps[0]).error(
+                f"policy #{i + 1}: give either epochs ({', '.join(epochs)}) or steps ({', '.join(steps)}), not both")
         keys = [k for k in WINDOW_KEYS if k in pdef]
         if "epochs" in pdef and len(keys) > 1:
             raise self.at_key(pdef, "epochs").error(
@@ -390,6 +396,8 @@ class _Builder:
                 if not isinstance(epochs, list):
                     raise ValueError(f"'epochs' must be a list of epochs, got {epochs!r}")
                 return Window(epochs=epochs)
+            if steps:
+                return StepWindow(pdef.get("starting_step"), pdef.get("ending_step"), pdef.get("step_frequency", 1))
             return Window(starting_epoch=pdef.get("starting_epoch"), ending_epoch=pdef.get("ending_epoch"),
                           frequency=pdef.get("frequency", 1))
         except ValueError as exc:
