@@ -118,7 +118,7 @@ class SchedulerView(Protocol):
     #: the epoch of the last ``on_epoch_begin`` (None before the first)
     epoch: int | None
     #: the zero-based index over the whole run of the minibatch under way (-1 before the first
-    #: ``on_minibatch_begin``): what step windows count
+    #: ``on_minibatch_begin``): what step windows count, counted while some policy has one
     global_step: int
 
     @property

@@ -94,7 +94,8 @@ class Scheduler:
         self.loss_so_far: torch.Tensor | None = None
         self.epoch: int | None = None
         #: the zero-based index of the minibatch under way counted over the whole run, advanced by each
-        #: ``on_minibatch_begin`` (-1 before the first): what step windows count
+        #: ``on_minibatch_begin`` while a policy has a step window (-1 before the first): what step windows count.
+        #: Counting costs nothing without step windows; a schedule loaded before training counts every minibatch
         self.global_step = -1
         self._pm = make_plugin_manager()
         self._entries: list[_Entry] = []
@@ -399,10 +400,9 @@ class Scheduler:
         table = self._tables.get(epoch)
         if table is None:
             table = self._table(epoch)
-        if ev is _MINIBATCH_BEGIN:
+        if ev is _MINIBATCH_BEGIN and table["stepped"] is not None:
             self.global_step += 1
-            if table["stepped"] is not None:
-                table = self._step_table(table)
+            table = self._step_table(table)
         self._table_epoch = epoch
         calls = table[ev]
         if calls:
