@@ -308,14 +308,14 @@ class Scheduler:
         epoch, by_active = table["stepped"]
         step = self.global_step
         active: list[tuple[_Entry, Policy | None]] = []
-        key = []
+        key: list[int] = []
         for entry in self._entries:
             policy = entry.windows.at(step) if entry.by_step else (
                 entry.policy_at(epoch) if entry.policies is not None else None)
             if policy is not None or entry.policies is None:
                 active.append((entry, policy))
-                if entry.by_step:
-                    key.append(policy.index)
+            if entry.by_step and policy is not None:
+                key.append(policy.index)
         found = by_active.get(tuple(key))
         if found is None:
             found = self._dispatch(active)
