@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 import hookprune
-from hookprune import models
+from hookprune import hookimpl, models
 from hookprune.errors import ScheduleError
 from hookprune.pruning.levels import agp_target
 
@@ -186,3 +186,40 @@ def test_an_lr_scheduler_under_a_step_window_is_refused():
     model, optimizer = lenet()
     with pytest.raises(ScheduleError, match="implements only epoch hooks, which a step window never calls"):
         hookprune.load(data, model, optimizer)
+
+
+class Heard:
+    """Records each minibatch event it hears with the global step and the window it acts under, and every epoch
+    event."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int, object]] = []
+
+    @hookimpl
+    def on_epoch_begin(self, epoch: int) -> None:
+        self.log.append(("on_epoch_begin", epoch, None))
+
+    @hookimpl
+    def on_minibatch_begin(self, scheduler) -> None:
+        self.log.append(("on_minibatch_begin", scheduler.global_step, scheduler.policy_of(self).window))
+
+    @hookimpl
+    def on_minibatch_end(self, scheduler) -> None:
+        self.log.append(("on_minibatch_end", scheduler.global_step, scheduler.policy_of(self).window))
+
+
+def test_one_instance_under_several_step_windows_hears_each_and_no_epoch_event():
+    model, optimizer = lenet()
+    sched = hookprune.CompressionScheduler(model, optimizer=optimizer)
+    heard = Heard()
+    sched.add_policy(heard, starting_step=2, ending_step=8, step_frequency=3)
+    sched.add_policy(heard, starting_step=27, ending_step=31)
+    first, second = (policy.window for policy in sched.scheduled)
+    train(sched, model, optimizer, range(2))
+    assert heard.log == [(event, step, first if step < 8 else second) for step in (2, 5, 27, 28, 29, 30)
+                         for event in ("on_minibatch_begin", "on_minibatch_end")]
+    with pytest.raises(ValueError, match=r"both cover step 29; give the policies of one instance disjoint steps"):
+        sched.add_policy(heard, starting_step=29, ending_step=40)
+    with pytest.raises(ValueError, match=r"its policy #3 counts epochs and an earlier one counts steps; give the "
+                                         r"policies of one instance windows of one kind"):
+        sched.add_policy(heard, starting_epoch=3, ending_epoch=4)

@@ -289,38 +289,42 @@ class Scheduler:
         """The dispatch table of ``epoch``: the plugins of its epoch windows and the auto-loaded ones. When step
         windows exist, ``stepped`` holds what :meth:`_step_table` completes it with at each step."""
         active: list[tuple[_Entry, Policy | None]] = []
-        stepped = False
+        # each step-window plugin, with its policy when it has only one
+        stepped: list[tuple[_Entry, Policy | None]] = []
         for entry in self._entries:
             if entry.by_step:
-                stepped = True
+                assert entry.policies is not None
+                stepped.append((entry, entry.policies[0] if len(entry.policies) == 1 else None))
                 continue
             policy = entry.policy_at(epoch) if entry.policies is not None else None
             if policy is not None or entry.policies is None:
                 active.append((entry, policy))
         table = self._dispatch(active)
-        table["stepped"] = (epoch, {}) if stepped else None
+        table["stepped"] = (epoch, stepped, {}) if stepped else None
         self._tables[epoch] = table
         return table
 
     def _step_table(self, table: dict[str, Any]) -> dict[str, Any]:
         """The dispatch table of the step under way in the epoch of ``table``: its epoch windows' plugins plus
-        those of the step windows covering ``global_step``, in registration order (one table per set of them)."""
-        epoch, by_active = table["stepped"]
+        those of the step windows covering ``global_step``, in registration order (built once per set of them)."""
+        epoch, stepped, by_active = table["stepped"]
         step = self.global_step
-        active: list[tuple[_Entry, Policy | None]] = []
-        key: list[int] = []
-        for entry in self._entries:
-            policy = entry.windows.at(step) if entry.by_step else (
-                entry.policy_at(epoch) if entry.policies is not None else None)
-            if policy is not None or entry.policies is None:
-                active.append((entry, policy))
-            if entry.by_step and policy is not None:
-                key.append(policy.index)
-        found = by_active.get(tuple(key))
+        # an instance's one step window answers membership directly (a range); several are looked up in its index
+        policies = [(only if step in only.window.epochs else None) if only is not None else entry.windows.at(step)
+                    for entry, only in stepped]
+        key = tuple(policy.index for policy in policies if policy is not None)
+        found = by_active.get(key)
         if found is None:
+            at_step = {id(entry): policy for (entry, _), policy in zip(stepped, policies, strict=True)}
+            active: list[tuple[_Entry, Policy | None]] = []
+            for entry in self._entries:
+                policy = at_step.get(id(entry)) if entry.by_step else (
+                    entry.policy_at(epoch) if entry.policies is not None else None)
+                if policy is not None or entry.policies is None:
+                    active.append((entry, policy))
             found = self._dispatch(active)
             found["stepped"] = table["stepped"]
-            by_active[tuple(key)] = found
+            by_active[key] = found
         self._tables[epoch] = found
         return found
 
