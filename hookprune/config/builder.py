@@ -153,7 +153,7 @@ class _Builder:
         for key in data:
             self.attempt(self._check_section_name, key)
         if "version" in data and data["version"] != 1:
-            self.attempt(self._raise, self.at(data, "version").error(
+            self.report(self.at(data, "version").error(
                 f"unsupported schedule version {data['version']!r}; this format is version 1"))
         self._collect_instances()
         policies = self._parse_policies()
@@ -164,7 +164,7 @@ class _Builder:
             for name in self._names_in(section):
                 self._construct_into(section, name)
         if self.teacher is not None and not self._names_in("distillers"):
-            self.attempt(self._raise, self._with_path(where_of(data)).error(
+            self.report(self._with_path(where_of(data)).error(
                 "a teacher model was passed to hookprune.load, but the schedule declares no 'distillers'"))
         for name in self._names_in("distillers"):
             self._construct_into("distillers", name)
@@ -181,9 +181,11 @@ class _Builder:
         sched.instances.update(self.instances)
         return sched
 
-    @staticmethod
-    def _raise(error: ScheduleError) -> None:
-        raise error
+    def report(self, error: ScheduleError) -> None:
+        """Raise ``error``, or keep it when collecting errors."""
+        if self.errors is None:
+            raise error
+        self.errors.append(error)
 
     def _check_section_name(self, key: Any) -> None:
         if key not in TOP_LEVEL_KEYS:
@@ -212,7 +214,7 @@ class _Builder:
             if body is None:
                 continue
             if not isinstance(body, Mapping):
-                self.attempt(self._raise, self.at(self.data, section).error(
+                self.report(self.at(self.data, section).error(
                     f"'{section}' must map instance names to their settings, not {yaml_kind(body)}"))
                 continue
             for name, spec in body.items():
@@ -404,7 +406,7 @@ class _Builder:
         if policies is None:
             return []
         if not isinstance(policies, list):
-            self.attempt(self._raise, self.at(self.data, "policies").error("'policies' must be a list"))
+            self.report(self.at(self.data, "policies").error("'policies' must be a list"))
             return []
         parsed = []
         for i, pdef in enumerate(policies):
