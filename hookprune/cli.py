@@ -1,4 +1,4 @@
-"""The ``hookprune`` command: ``check`` a schedule against an architecture, list ``plugins``."""
+"""The ``hookprune`` command: ``check`` a schedule against an architecture or your own model, list ``plugins``."""
 
 from __future__ import annotations
 
@@ -7,19 +7,55 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hookprune import __version__
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _import_model(spec: str) -> torch.nn.Module:
+    """The module ``--model MODULE:FACTORY`` builds: ``FACTORY()`` imported from ``MODULE`` (found from the working
+    directory too). Raises ValueError with the one line to print."""
+    import importlib
+
+    import torch
+
+    module_name, colon, factory_name = spec.partition(":")
+    if not colon or not module_name or not factory_name:
+        raise ValueError(f"--model {spec!r}: give MODULE:FACTORY, a function that returns the model "
+                         "(e.g. mypackage.models:build)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"--model {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        what = "has no" if factory is None else "has a non-callable"
+        raise ValueError(f"--model {spec!r}: module {module_name!r} {what} {factory_name!r}")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ValueError(f"--model {spec!r}: {factory_name}() raised {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--model {spec!r}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _check(args: argparse.Namespace) -> int:
     import torch
 
     from hookprune import models
-    from hookprune.config.builder import build
-    from hookprune.errors import ScheduleError, ScheduleWarning
+    from hookprune.config.builder import LoopFacts, check
+    from hookprune.errors import ScheduleError, ScheduleErrors, ScheduleWarning
 
     try:
-        model = models.create_model(args.arch, device="meta")
+        model = _import_model(args.model) if args.model else models.create_model(args.arch, device="meta")
     except ValueError as exc:
         print(f"hookprune check: {exc}", file=sys.stderr)
         return 2
@@ -30,16 +66,24 @@ def _check(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"hookprune check: --teacher: {exc}", file=sys.stderr)
             return 2
+    if args.validation_freq < 1:
+        print(f"hookprune check: --validation-freq must be at least 1, got {args.validation_freq}", file=sys.stderr)
+        return 2
+    loop = LoopFacts(frozenset(m for m in (n.strip() for n in args.metrics.split(",")) if m), args.validation_freq)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ScheduleWarning)
-            sched = build(args.schedule, model, optimizer, teacher=teacher)
+            sched = check(args.schedule, model, optimizer, teacher=teacher, loop=loop)
         for warning in caught:
             if issubclass(warning.category, ScheduleWarning):
                 print(f"warning: {warning.message}", file=sys.stderr)
             else:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    except ScheduleErrors as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 1
     except ScheduleError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -47,10 +91,12 @@ def _check(args: argparse.Namespace) -> int:
         detail = " ".join(str(exc).split())
         print(f"{args.schedule}: {type(exc).__name__}{': ' + detail if detail else ''}", file=sys.stderr)
         return 1
-    epochs = sched.epoch_span()
-    span = f"epochs {epochs[0]}..{epochs[1]}" if epochs else "no policies"
+    spans = [f"{unit} {span[0]}..{span[1]}" for unit, span in (("epochs", sched.epoch_span()),
+                                                               ("steps", sched.step_span())) if span]
     count = len(sched.instances)
-    print(f"{args.schedule}: ok ({count} instance{'' if count == 1 else 's'}, {span}, arch {args.arch})")
+    target = f"model {args.model}" if args.model else f"arch {args.arch}"
+    print(f"{args.schedule}: ok ({count} instance{'' if count == 1 else 's'}, {', '.join(spans) or 'no policies'}, "
+          f"{target})")
     return 0
 
 
@@ -89,9 +135,20 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookprune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hookprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate a schedule against an architecture without training")
+    check = sub.add_parser("check", help="validate a schedule against a model without training, reporting every "
+                                         "error")
     check.add_argument("schedule", help="a schedule YAML file (Distiller's format)")
-    check.add_argument("--arch", "-a", required=True, help="architecture name (torchvision or the zoo)")
+    target = check.add_mutually_exclusive_group(required=True)
+    target.add_argument("--arch", "-a", help="architecture name (torchvision or the zoo)")
+    target.add_argument("--model", "-m", metavar="MODULE:FACTORY",
+                        help="your own model: FACTORY() from MODULE (importable from the working directory), "
+                             "which returns a torch.nn.Module")
+    check.add_argument("--metrics", default="min,max", metavar="NAMES",
+                       help="the keys of the metrics your loop passes to on_epoch_end, comma-separated ('' for "
+                            "none; default: min,max, as the example application passes them)")
+    check.add_argument("--validation-freq", type=int, default=1, metavar="N",
+                       help="your loop validates (and passes metrics) after every N-th epoch only: after epochs "
+                            "N-1, 2N-1, ... (default 1)")
     check.add_argument("--teacher", metavar="ARCH",
                        help="the teacher architecture a 'distillers:' entry without teacher_arch receives")
     check.set_defaults(func=_check)

@@ -35,7 +35,8 @@ class LossTerm(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class Policy:
-    """One policy of a schedule: ``instance`` acts in the epochs of ``window``, with ``args``.
+    """One policy of a schedule: ``instance`` acts in the epochs of ``window`` (global steps for a step window),
+    with ``args``.
 
     ``kind`` is the policy's key in a YAML schedule (``pruner``, ``regularizer``, ``quantizer``,
     ``lr_scheduler``, ``extension``, ``distiller``), or ``plugin`` for an object given to
@@ -116,6 +117,9 @@ class SchedulerView(Protocol):
     instances: Mapping[str, Any]
     #: the epoch of the last ``on_epoch_begin`` (None before the first)
     epoch: int | None
+    #: the zero-based index over the whole run of the minibatch under way (-1 before the first
+    #: ``on_minibatch_begin``): what step windows count, counted while some policy has one
+    global_step: int
 
     @property
     def params(self) -> Mapping[str, torch.nn.Parameter]:

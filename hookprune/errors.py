@@ -32,6 +32,22 @@ class ScheduleError(ValueError):
         return f"{where}: {self.message}"
 
 
+class ScheduleErrors(ScheduleError):
+    """Several independent errors of one schedule (what ``hookprune check`` reports): ``errors`` holds each, and
+    ``str(err)`` puts each on its own line, in the order of the file. The first gives ``message`` and position."""
+
+    def __init__(self, errors: Iterable[ScheduleError]) -> None:
+        self.errors = sorted(errors, key=lambda e: (e.line is None, e.line or 0, e.col or 0))
+        if not self.errors:
+            raise ValueError("ScheduleErrors needs at least one error")
+        first = self.errors[0]
+        super().__init__(first.message, path=first.path, line=first.line, col=first.col)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
 class ArgumentError(ValueError):
     """A constructor argument or policy arg is wrong; ``argument`` names it, so a schedule error points at it."""
 

@@ -2,7 +2,8 @@
 
 Every call provides all of a hook's arguments by keyword; an implementation names any subset of
 them. pluggy does not pass arguments that have a default value in the implementation, so give
-none. Implementations of a schedule instance run only in the epochs its policies cover.
+none. Implementations of a schedule instance run only in the epochs its policies cover; under a step
+window (``starting_step``/``ending_step``), only the four minibatch hooks run, in the global steps it covers.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def on_minibatch_begin(
     minibatch_id: int,
     minibatches_per_epoch: int,
 ) -> None:
-    """A minibatch's forward pass is about to run. After the hooks, the engine applies new masks.
+    """A minibatch's forward pass is about to run. Before the hooks, the engine advances
+    ``scheduler.global_step`` (the minibatch's index over the whole run) when some policy has a step window;
+    after them, it applies new masks.
 
     :param minibatch_id: the zero-based index of the minibatch within the epoch.
     :param minibatches_per_epoch: how many minibatches the epoch has.

@@ -14,6 +14,12 @@ from hookprune.hookspecs import hookimpl
 _EPOCH_ARG_DEPRECATED = r"(?s).*epoch parameter.*"
 
 
+def metric_read(lr_scheduler: Any) -> str | None:
+    """The key of ``on_epoch_end``'s ``metrics`` that stepping ``lr_scheduler`` reads (``ReduceLROnPlateau``'s
+    ``mode``: ``'min'`` or ``'max'``), or None when it reads none."""
+    return lr_scheduler.mode if isinstance(lr_scheduler, ReduceLROnPlateau) else None
+
+
 def adapt_lr_scheduler(obj: Any) -> LRStepper | None:
     """A hook plugin stepping ``obj`` when it is a torch-style LR scheduler (it has ``step``), else None."""
     return LRStepper(obj) if callable(getattr(obj, "step", None)) else None

@@ -328,7 +328,7 @@ def test_check_gives_one_line_for_any_failure(failure: Exception, tmp_path: Path
     def build(*args: object, **kwargs: object) -> None:
         raise failure
 
-    monkeypatch.setattr("hookprune.config.builder.build", build)
+    monkeypatch.setattr("hookprune.config.builder.check", build)
     path = tmp_path / "base.yaml"
     path.write_text(BASE, encoding="utf-8")
     status, out, err = check_in_process(path, capsys)

@@ -1,8 +1,9 @@
 """The engine's scheduler: which plugin hears which event in which epoch, and the masks it keeps.
 
 Every plugin, built-in or third-party, is scheduled the same way: a hook plugin under a :class:`Policy`
-(a window of epochs and the policy's ``args``). Dispatch is a list per epoch and event, built once per
-epoch, so a plugin outside its epochs costs nothing and each call is attributed to its plugin (for
+(a window of epochs, or of global steps, and the policy's ``args``). Dispatch is a list per epoch and event,
+built once per epoch (and, while an epoch holds step windows, once for each set of them active together), so a
+plugin outside its window costs nothing and each call is attributed to its plugin (for
 loss-term names, errors and tracing). Within an event, plugins run in policy order, ``runs_last`` ones
 (LR schedulers) after the others, then auto-loaded hook plugins; ``tryfirst``/``trylast`` move an
 implementation to the front or the back.
@@ -69,9 +70,15 @@ class _Entry:
     idle_hooks: Callable[[Policy], Any] | None = None
     impls: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], int]]] = field(default_factory=dict)
     windows: WindowIndex[Policy] = field(default_factory=WindowIndex)
+    #: True when the plugin's policies are step windows (it then hears only minibatch events, in their steps)
+    by_step: bool = False
 
     def policy_at(self, epoch: int) -> Policy | None:
         return self.windows.at(epoch)
+
+
+#: the events a plugin scheduled by steps never hears
+_EPOCH_HOOKS = frozenset({"on_epoch_begin", "on_epoch_end"})
 
 
 class Scheduler:
@@ -86,6 +93,10 @@ class Scheduler:
         #: within ``before_backward``, the loop's loss plus the terms of the hooks called so far
         self.loss_so_far: torch.Tensor | None = None
         self.epoch: int | None = None
+        #: the zero-based index of the minibatch under way counted over the whole run, advanced by each
+        #: ``on_minibatch_begin`` while a policy has a step window (-1 before the first): what step windows count.
+        #: Counting costs nothing without step windows; a schedule loaded before training counts every minibatch
+        self.global_step = -1
         self._pm = make_plugin_manager()
         self._entries: list[_Entry] = []
         self._by_plugin: dict[int, _Entry] = {}
@@ -127,19 +138,30 @@ class Scheduler:
             table = self._tables.get(self._table_epoch) if self._table_epoch is not None else None
             if table is not None:
                 found = table["policies"].get(id(instance))
-                if found is not None or epoch is not None:
+                if found is not None:
                     return found
             epoch = self.epoch if epoch is None else epoch
         entry = self._by_plugin.get(id(instance)) or self._by_instance.get(id(instance))
         if entry is None or epoch is None:
             return None
+        if entry.by_step:
+            return entry.windows.at(self.global_step)
         return entry.policy_at(epoch)
 
     def epoch_span(self) -> tuple[int, int] | None:
-        """The first and the last epoch any policy covers, or None without policies (read from the windows)."""
-        if not self._policies:
+        """The first and the last epoch any epoch-window policy covers, or None without one (read from the
+        windows)."""
+        return self._span("epoch")
+
+    def step_span(self) -> tuple[int, int] | None:
+        """The first and the last global step any step-window policy covers, or None without one."""
+        return self._span("step")
+
+    def _span(self, unit: str) -> tuple[int, int] | None:
+        windows = [p.window for p in self._policies if p.window.unit == unit]
+        if not windows:
             return None
-        return (min(p.window.first for p in self._policies), max(p.window.last for p in self._policies))
+        return min(w.first for w in windows), max(w.last for w in windows)
 
     def implements(self, hook_name: str) -> bool:
         """True when a plugin scheduled under a policy implements ``hook_name`` (auto-loaded ones aside)."""
@@ -153,10 +175,13 @@ class Scheduler:
 
     def add_policy(self, plugin: Any, epochs: list[int] | None = None, starting_epoch: int | None = None,
                    ending_epoch: int | None = None, frequency: int | None = None, *, name: str | None = None,
-                   kind: str = "plugin", args: Mapping[str, Any] | None = None) -> Policy:
-        """Schedule the hook plugin ``plugin`` for ``epochs``, or ``range(starting_epoch, ending_epoch, frequency)``."""
-        return self.schedule(plugin, Window.of(epochs, starting_epoch, ending_epoch, frequency), kind=kind, name=name,
-                             args=args)
+                   kind: str = "plugin", args: Mapping[str, Any] | None = None, starting_step: int | None = None,
+                   ending_step: int | None = None, step_frequency: int | None = None) -> Policy:
+        """Schedule the hook plugin ``plugin`` for ``epochs``, ``range(starting_epoch, ending_epoch, frequency)``, or
+        the global steps ``range(starting_step, ending_step, step_frequency)``."""
+        window = Window.of(epochs, starting_epoch, ending_epoch, frequency, starting_step=starting_step,
+                           ending_step=ending_step, step_frequency=step_frequency)
+        return self.schedule(plugin, window, kind=kind, name=name, args=args)
 
     def schedule(self, plugin: Any, window: Window, *, kind: str = "plugin", name: str | None = None,
                  args: Mapping[str, Any] | None = None, instance: Any = None, label: str | None = None) -> Policy:
@@ -181,14 +206,23 @@ class Scheduler:
         self._check_args(plugin, args, label)
         policy = Policy(kind, name, instance, window, args, len(self._policies))
         entry = self._by_plugin.get(id(plugin))
+        by_step = window.unit == "step"
+        if by_step and not any(hook not in _EPOCH_HOOKS for hook in hookimpl_names(plugin)):
+            raise ValueError(f"{label}: {type(plugin).__name__} implements only epoch hooks, which a step window "
+                             "never calls; give it starting_epoch/ending_epoch")
         if entry is not None:
             if entry.policies is None:
                 raise ValueError(f"{label}: {entry.label} is an auto-loaded hook plugin, heard in every epoch")
+            if entry.policies and entry.by_step != by_step:
+                raise ValueError(f"{label}: its policy #{policy.index + 1} counts {window.unit}s and an earlier one "
+                                 f"counts {'steps' if entry.by_step else 'epochs'}; give the policies of one "
+                                 "instance windows of one kind")
             conflict = entry.windows.conflict(window)
             if conflict is not None:
                 epoch, other = conflict
                 raise ValueError(f"{label}: its policies #{other.index + 1} and #{policy.index + 1} both cover "
-                                 f"epoch {epoch}; give the policies of one instance disjoint epochs")
+                                 f"{window.unit} {epoch}; give the policies of one instance disjoint "
+                                 f"{window.unit}s")
         check = getattr(plugin, "check_policy", None)
         if callable(check):
             check(policy)
@@ -200,6 +234,7 @@ class Scheduler:
             if callable(attach):
                 attach(self)
         assert entry.policies is not None
+        entry.by_step = by_step
         entry.policies.append(policy)
         entry.windows.add(window, policy)
         self._policies.append(policy)
@@ -251,16 +286,59 @@ class Scheduler:
         self._tables.clear()
 
     def _table(self, epoch: int) -> dict[str, Any]:
+        """The dispatch table of ``epoch``: the plugins of its epoch windows and the auto-loaded ones. When step
+        windows exist, ``stepped`` holds what :meth:`_step_table` completes it with at each step."""
         active: list[tuple[_Entry, Policy | None]] = []
+        # each step-window plugin, with its policy when it has only one
+        stepped: list[tuple[_Entry, Policy | None]] = []
         for entry in self._entries:
+            if entry.by_step:
+                assert entry.policies is not None
+                stepped.append((entry, entry.policies[0] if len(entry.policies) == 1 else None))
+                continue
             policy = entry.policy_at(epoch) if entry.policies is not None else None
             if policy is not None or entry.policies is None:
                 active.append((entry, policy))
+        table = self._dispatch(active)
+        table["stepped"] = (epoch, stepped, {}) if stepped else None
+        self._tables[epoch] = table
+        return table
+
+    def _step_table(self, table: dict[str, Any]) -> dict[str, Any]:
+        """The dispatch table of the step under way in the epoch of ``table``: its epoch windows' plugins plus
+        those of the step windows covering ``global_step``, in registration order (built once per set of them)."""
+        epoch, stepped, by_active = table["stepped"]
+        step = self.global_step
+        # an instance's one step window answers membership directly (a range); several are looked up in its index
+        policies = [(only if step in only.window.epochs else None) if only is not None else entry.windows.at(step)
+                    for entry, only in stepped]
+        key = tuple(policy.index for policy in policies if policy is not None)
+        found = by_active.get(key)
+        if found is None:
+            at_step = {id(entry): policy for (entry, _), policy in zip(stepped, policies, strict=True)}
+            active: list[tuple[_Entry, Policy | None]] = []
+            for entry in self._entries:
+                policy = at_step.get(id(entry)) if entry.by_step else (
+                    entry.policy_at(epoch) if entry.policies is not None else None)
+                if policy is not None or entry.policies is None:
+                    active.append((entry, policy))
+            found = self._dispatch(active)
+            found["stepped"] = table["stepped"]
+            by_active[key] = found
+        self._tables[epoch] = found
+        return found
+
+    def _dispatch(self, active: list[tuple[_Entry, Policy | None]]) -> dict[str, Any]:
+        """The calls of each hook, in order, for the plugins ``active`` (with their policies; None for auto-loaded
+        ones), which of them may assign masks, and the policy of each plugin."""
         scheduled = [a for a in active if a[1] is not None]
         ordered = ([a for a in scheduled if not a[0].runs_last] + [a for a in scheduled if a[0].runs_last]
                    + [a for a in active if a[1] is None])
         idle = [set(entry.idle_hooks(policy)) if entry.idle_hooks is not None and policy is not None else set()
                 for entry, policy in ordered]
+        for skip, (entry, _) in zip(idle, ordered, strict=True):
+            if entry.by_step:
+                skip.update(_EPOCH_HOOKS)
         # per hook, whether any of its calls may assign masks (distributed training then syncs them)
         sets_masks: dict[str, bool] = {}
         # each active plugin's policy in this epoch, by the plugin's id and by its instance's
@@ -277,7 +355,6 @@ class Scheduler:
             table[hook_name] = [(fn, _getter(argnames), len(argnames), entry, argnames)
                                 for _, fn, argnames, entry in calls]
             sets_masks[hook_name] = any(entry.sets_masks for *_, entry in calls)
-        self._tables[epoch] = table
         return table
 
     # -- activation -------------------------------------------------------------------------
@@ -327,6 +404,9 @@ class Scheduler:
         table = self._tables.get(epoch)
         if table is None:
             table = self._table(epoch)
+        if ev is _MINIBATCH_BEGIN and table["stepped"] is not None:
+            self.global_step += 1
+            table = self._step_table(table)
         self._table_epoch = epoch
         calls = table[ev]
         if calls:
@@ -447,7 +527,7 @@ class Scheduler:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides a future step: masks and mask options, every instance's and plugin's progress,
-        the epoch and the thinning recipes the model went through."""
+        the epoch, the global step (what step windows count) and the thinning recipes the model went through."""
         masks = self.masks.state_dict()
         instances = {name: obj.state_dict() for name, obj in self.instances.items()
                      if callable(getattr(obj, "state_dict", None))}
@@ -457,6 +537,7 @@ class Scheduler:
             "instances": instances,
             "plugins": {name: obj.state_dict() for name, obj in self._stateful()},
             "epoch": self.epoch,
+            "global_step": self.global_step,
             "thinning_recipes": list(getattr(self.model, "thinning_recipes", None) or []),
         }
 
@@ -492,6 +573,7 @@ class Scheduler:
             if name in saved:
                 obj.load_state_dict(saved[name])
         self.epoch = state.get("epoch")
+        self.global_step = int(state.get("global_step", self.global_step))
         self.masks.mark_all_pending()
         if self.mask_sync is not None:
             self.mask_sync.note_change()

@@ -1,4 +1,5 @@
-"""The epochs a policy covers: ``range(starting_epoch, ending_epoch, frequency)``, or an ``epochs`` list.
+"""The epochs a policy covers: ``range(starting_epoch, ending_epoch, frequency)``, or an ``epochs`` list; or the
+minibatches (global steps) it covers, ``range(starting_step, ending_step, step_frequency)``.
 
 A window is never expanded into its epochs: a range answers membership in constant time whatever its
 length, so a window of 1e9 epochs costs what a window of 10 costs.
@@ -23,6 +24,8 @@ class Window:
     """The epochs a policy covers: ``range(starting_epoch, ending_epoch, frequency)`` or a list."""
 
     __slots__ = ("ending_epoch", "epochs", "frequency", "listed", "starting_epoch")
+    #: what the window counts: ``"epoch"``, or ``"step"`` for a :class:`StepWindow`
+    unit = "epoch"
 
     def __init__(self, epochs: Sequence[int] | None = None, starting_epoch: int | None = None,
                  ending_epoch: int | None = None, frequency: int | None = 1) -> None:
@@ -60,9 +63,19 @@ class Window:
 
     @classmethod
     def of(cls, epochs: Sequence[int] | None = None, starting_epoch: int | None = None,
-           ending_epoch: int | None = None, frequency: int | None = None) -> Window:
-        """The window ``add_policy``'s arguments describe: ``epochs``, or the range (``frequency`` 1 by default);
-        ValueError naming both when ``epochs`` comes with any of the others."""
+           ending_epoch: int | None = None, frequency: int | None = None, *, starting_step: int | None = None,
+           ending_step: int | None = None, step_frequency: int | None = None) -> Window:
+        """The window ``add_policy``'s arguments describe: ``epochs``, the range (``frequency`` 1 by default), or
+        the step range; ValueError naming both when two of these are mixed."""
+        step_keys = [k for k, v in (("starting_step", starting_step), ("ending_step", ending_step),
+                                    ("step_frequency", step_frequency)) if v is not None]
+        if step_keys:
+            epoch_keys = [k for k, v in (("epochs", epochs), ("starting_epoch", starting_epoch),
+                                         ("ending_epoch", ending_epoch), ("frequency", frequency)) if v is not None]
+            if epoch_keys:
+                given = f"{', '.join(map(repr, epoch_keys))} and {', '.join(map(repr, step_keys))}"
+                raise ValueError(f"add_policy: give either epochs or steps, not both ({given} were given)")
+            return StepWindow(starting_step, ending_step, 1 if step_frequency is None else step_frequency)
         if epochs is not None:
             given = [k for k, v in (("starting_epoch", starting_epoch), ("ending_epoch", ending_epoch),
                                     ("frequency", frequency)) if v is not None]
@@ -132,6 +145,53 @@ class Window:
         if self.listed is not None:
             return f"Window(epochs={list(self.listed)})"
         return f"Window({self.starting_epoch}, {self.ending_epoch}, {self.frequency})"
+
+
+#: the keys of a step window, as a schedule's policy and ``add_policy`` spell them
+STEP_KEYS = ("starting_step", "ending_step", "step_frequency")
+
+
+class StepWindow(Window):
+    """The minibatches a policy covers, counted over the whole run (the scheduler's ``global_step``):
+    ``range(starting_step, ending_step, step_frequency)``. Its instance hears the minibatch events of those steps,
+    and no epoch event."""
+
+    __slots__ = ()
+    unit = "step"
+
+    def __init__(self, starting_step: int | None, ending_step: int | None, step_frequency: int | None = 1) -> None:
+        try:
+            super().__init__(starting_epoch=starting_step, ending_epoch=ending_step, frequency=step_frequency)
+        except ValueError as exc:
+            text = str(exc)
+            for epoch_key, step_key in (("starting_epoch", "starting_step"), ("ending_epoch", "ending_step"),
+                                        ("frequency", "step_frequency"), ("(or give 'epochs')", "")):
+                text = text.replace(epoch_key, step_key)
+            raise ValueError(text.rstrip()) from None
+
+    @property
+    def starting_step(self) -> int:
+        """The first step covered."""
+        return self.starting_epoch
+
+    @property
+    def ending_step(self) -> int:
+        """The end of the step range (not covered)."""
+        return self.ending_epoch
+
+    @property
+    def step_frequency(self) -> int:
+        """Every how many steps the policy acts."""
+        assert self.frequency is not None
+        return self.frequency
+
+    def meta(self) -> dict[str, Any]:
+        """The window's keys, as a schedule spells them."""
+        return {"starting_step": self.starting_step, "ending_step": self.ending_step,
+                "step_frequency": self.step_frequency}
+
+    def __repr__(self) -> str:
+        return f"StepWindow({self.starting_step}, {self.ending_step}, {self.step_frequency})"
 
 
 class WindowIndex(Generic[T]):

@@ -34,6 +34,7 @@ from hookprune._engine.registry import has_hookimpls
 from hookprune._engine.scheduler import Scheduler
 from hookprune._engine.windows import Window
 from hookprune.contract import LossTerm, Policy
+from hookprune.errors import ArgumentError
 from hookprune.events import Event
 from hookprune.hookspecs import hookimpl
 from hookprune.knowledge_distillation import KnowledgeDistillationPolicy
@@ -381,6 +382,10 @@ def schedule_instance(scheduler: Scheduler, instance: Any, kind: str, window: Wi
         raise TypeError(f"{label} has no hookimpls and none of Distiller's methods for a {kind} "
                         f"({PROTOCOL_METHODS.get(kind, 'on_epoch_begin and the others')}), so nothing would call it")
     masking, rest = split_masking_args(args) if kind == "pruner" else ({}, dict(args))
+    if masking and window.unit == "step":
+        key = next(iter(masking))
+        raise ArgumentError(key, f"'{key}' acts at epoch boundaries, which a step window does not have; give the "
+                                 "policy starting_epoch/ending_epoch")
     policies = []
     if masking:
         policies.append(scheduler.schedule(MaskOptions(), window, kind=kind, name=f"{name}:masking", args=masking,
@@ -459,7 +464,8 @@ class _EpochPolicies(Mapping[int, list[Any]]):
         self._scheduler = scheduler
 
     def __getitem__(self, epoch: int) -> list[Any]:
-        found = [self._scheduler.added(p) for p in self._scheduler.scheduled if epoch in p.window]
+        found = [self._scheduler.added(p) for p in self._scheduler.scheduled
+                 if p.window.unit == "epoch" and epoch in p.window]
         if not found:
             raise KeyError(epoch)
         return found
@@ -468,7 +474,7 @@ class _EpochPolicies(Mapping[int, list[Any]]):
         import heapq
 
         last = None
-        for epoch in heapq.merge(*(iter(p.window) for p in self._scheduler.scheduled)):
+        for epoch in heapq.merge(*(iter(p.window) for p in self._scheduler.scheduled if p.window.unit == "epoch")):
             if epoch != last:
                 yield epoch
                 last = epoch
@@ -504,14 +510,17 @@ class CompressionScheduler(Scheduler):
 
     def add_policy(self, policy: Any, epochs: list[int] | None = None, starting_epoch: int | None = None,
                    ending_epoch: int | None = None, frequency: int | None = None, *, name: str | None = None,
-                   kind: str | None = None, args: Mapping[str, Any] | None = None) -> Any:
-        """Schedule ``policy`` for ``epochs`` or ``range(starting_epoch, ending_epoch, frequency)``; returns it.
+                   kind: str | None = None, args: Mapping[str, Any] | None = None, starting_step: int | None = None,
+                   ending_step: int | None = None, step_frequency: int | None = None) -> Any:
+        """Schedule ``policy`` for ``epochs``, ``range(starting_epoch, ending_epoch, frequency)`` or the global steps
+        ``range(starting_step, ending_step, step_frequency)``; returns it.
 
         ``policy`` is a hook plugin, one of Distiller's policy classes (``PruningPolicy(pruner, args)``,
         ``RegularizationPolicy``, ``QuantizationPolicy``, ``LRPolicy``, ``KnowledgeDistillationPolicy``, which
         chains the loss as Distiller's does) or any object with Distiller's ``ScheduledTrainingPolicy`` methods.
         """
-        window = Window.of(epochs, starting_epoch, ending_epoch, frequency)
+        window = Window.of(epochs, starting_epoch, ending_epoch, frequency, starting_step=starting_step,
+                           ending_step=ending_step, step_frequency=step_frequency)
         label = name or f"{type(policy).__name__}#{next(self._counter)}"
         if isinstance(policy, _BINDINGS):
             scheduled = schedule_instance(self, policy.instance, policy.kind, window, {**policy.args, **(args or {})},

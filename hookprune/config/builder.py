@@ -11,21 +11,26 @@ import inspect
 import os
 import re
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, TypeVar
 
 import torch
 
 from hookprune._engine import registry as plugins
 from hookprune._engine.params import ParamIndex, normalize_name
 from hookprune._engine.scheduler import set_active
-from hookprune._engine.windows import Window
+from hookprune._engine.windows import STEP_KEYS, StepWindow, Window
 from hookprune.compat.distiller import PROTOCOL_METHODS, CompressionScheduler, adapt, schedule_instance
 from hookprune.config import argtypes, lr_arguments
 from hookprune.config.reader import key_where_of, read_schedule, where_of
 from hookprune.contract import class_setting
-from hookprune.errors import ArgumentError, ScheduleError, Where, suggest, yaml_kind
+from hookprune.errors import ArgumentError, ScheduleError, ScheduleErrors, Where, suggest, yaml_kind
+from hookprune.lr_stepper import metric_read
 from hookprune.pruning.masking import MASKING_ARGS
+
+T = TypeVar("T")
 
 #: section name -> the policy key that refers to its instances
 SECTIONS = {
@@ -38,7 +43,8 @@ SECTIONS = {
 }
 POLICY_KINDS = {kind: section for section, kind in SECTIONS.items()}
 TOP_LEVEL_KEYS = ("version", *SECTIONS, "policies")
-WINDOW_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+EPOCH_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+WINDOW_KEYS = (*EPOCH_KEYS, *STEP_KEYS)
 INJECTED = ("name", "model", "optimizer", "teacher")
 #: constructor arguments that name files; a relative path that is not found from the working directory
 #: is looked up from the schedule's folder and then each folder above it (Distiller's schedules give
@@ -59,6 +65,27 @@ DEFAULT_CLASSES = {"distillers": "KnowledgeDistillationPolicy"}
 #: keys are names (``'*'`` aside). A class may extend this with ``hookprune_param_args``.
 PARAM_ARGS = {"weights": "names", "levels": "keys", "sensitivities": "keys", "thresholds": "keys",
               "reg_regims": "keys"}
+
+
+@dataclass(frozen=True)
+class LoopFacts:
+    """What the training loop will hand the schedule, so that :func:`check` finds at once what would otherwise
+    fail at an epoch's end: the keys of the ``metrics`` it passes to ``on_epoch_end`` after validating, and every
+    how many epochs it validates (after epochs ``every - 1``, ``2 * every - 1``, ... as Lightning's
+    ``check_val_every_n_epoch`` does; other epochs end without metrics)."""
+
+    metrics: frozenset[str] = frozenset({"min", "max"})
+    validation_every: int = 1
+
+
+def check(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.Module,
+          optimizer: torch.optim.Optimizer | None = None, *, teacher: torch.nn.Module | None = None,
+          loop: LoopFacts | None = None) -> CompressionScheduler:
+    """Build the schedule as :func:`build` does, but report every independent error (each instance and policy is
+    checked even after another failed), as one :class:`ScheduleErrors`; with ``loop``, also what the loop will not
+    provide (``ReduceLROnPlateau``'s metric, in an epoch without validation)."""
+    data, path = read_schedule(schedule)
+    return _Builder(data, path, model, optimizer, None, teacher, collect=True, loop=loop).build(None)
 
 
 def load(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.Module,
@@ -90,7 +117,8 @@ def build(schedule: str | os.PathLike[str] | Mapping[str, Any], model: torch.nn.
 class _Builder:
     def __init__(self, data: Mapping[str, Any], path: str | None, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer | None, resumed_epoch: int | None,
-                 teacher: torch.nn.Module | None = None) -> None:
+                 teacher: torch.nn.Module | None = None, *, collect: bool = False,
+                 loop: LoopFacts | None = None) -> None:
         self.data = data
         self.path = path
         self.model = model
@@ -100,6 +128,23 @@ class _Builder:
         self.index = ParamIndex(model)
         self.declared: dict[str, tuple[str, Mapping[str, Any]]] = {}
         self.instances: dict[str, Any] = {}
+        #: with ``collect``, the errors found so far (the builder goes on past each); else None, and the first raises
+        self.errors: list[ScheduleError] | None = [] if collect else None
+        self.loop = loop
+        #: the instances whose declaration or construction failed: their policies are not checked further
+        self.failed: set[str] = set()
+
+    def attempt(self, step: Callable[..., T], *args: Any) -> T | None:
+        """``step(*args)``; when collecting errors, a ScheduleError is kept and None returned."""
+        if self.errors is None:
+            return step(*args)
+        try:
+            return step(*args)
+        except ScheduleErrors as exc:
+            self.errors.extend(exc.errors)
+        except ScheduleError as exc:
+            self.errors.append(exc)
+        return None
 
     def at(self, container: Any, key: Any = None) -> Where:
         return self._with_path(where_of(container, key))
@@ -112,13 +157,10 @@ class _Builder:
     def build(self, scheduler: CompressionScheduler | None) -> CompressionScheduler:
         data = self.data
         for key in data:
-            if key not in TOP_LEVEL_KEYS:
-                raise self.at_key(data, key).error(
-                    f"unknown section '{key}'{suggest(key, TOP_LEVEL_KEYS)}; sections are: "
-                    f"{', '.join(TOP_LEVEL_KEYS)}")
+            self.attempt(self._check_section_name, key)
         if "version" in data and data["version"] != 1:
-            raise self.at(data, "version").error(f"unsupported schedule version {data['version']!r}; "
-                                                 "this format is version 1")
+            self.report(self.at(data, "version").error(
+                f"unsupported schedule version {data['version']!r}; this format is version 1"))
         self._collect_instances()
         policies = self._parse_policies()
         sched = scheduler or CompressionScheduler(self.model, optimizer=self.optimizer)
@@ -126,22 +168,48 @@ class _Builder:
             sched.optimizer = self.optimizer
         for section in ("pruners", "regularizers", "quantizers", "extensions"):
             for name in self._names_in(section):
-                self.instances[name] = self._construct(section, name)
+                self._construct_into(section, name)
         if self.teacher is not None and not self._names_in("distillers"):
-            raise self._with_path(where_of(data)).error(
-                "a teacher model was passed to hookprune.load, but the schedule declares no 'distillers'")
+            self.report(self._with_path(where_of(data)).error(
+                "a teacher model was passed to hookprune.load, but the schedule declares no 'distillers'"))
         for name in self._names_in("distillers"):
-            self.instances[name] = self._construct("distillers", name)
+            self._construct_into("distillers", name)
         for policy in policies:
-            if policy["kind"] != "lr_scheduler":
-                self._add(sched, policy)
+            if policy["kind"] != "lr_scheduler" and policy["name"] not in self.failed:
+                self.attempt(self._add, sched, policy)
         for name in self._names_in("lr_schedulers"):
-            self.instances[name] = self._construct("lr_schedulers", name)
+            self._construct_into("lr_schedulers", name)
         for policy in policies:
-            if policy["kind"] == "lr_scheduler":
-                self._add(sched, policy)
+            if policy["kind"] == "lr_scheduler" and policy["name"] not in self.failed:
+                self.attempt(self._add, sched, policy)
+        if self.errors:
+            raise ScheduleErrors(self.errors)
         sched.instances.update(self.instances)
         return sched
+
+    def report(self, error: ScheduleError) -> None:
+        """Raise ``error``, or keep it when collecting errors."""
+        if self.errors is None:
+            raise error
+        self.errors.append(error)
+
+    def _check_section_name(self, key: Any) -> None:
+        if key not in TOP_LEVEL_KEYS:
+            body = self.data[key]
+            if isinstance(body, Mapping):
+                # a misspelled section's instances are not missing too: their policies are not reported
+                self.failed.update(name for name in body if isinstance(name, str))
+            raise self.at_key(self.data, key).error(
+                f"unknown section '{key}'{suggest(key, TOP_LEVEL_KEYS)}; sections are: {', '.join(TOP_LEVEL_KEYS)}")
+
+    def _construct_into(self, section: str, name: str) -> None:
+        if name in self.failed:
+            return
+        instance = self.attempt(self._construct, section, name)
+        if instance is None and self.errors is not None:
+            self.failed.add(name)
+        else:
+            self.instances[name] = instance
 
     def _names_in(self, section: str) -> list[str]:
         return [name for name, (sec, _) in self.declared.items() if sec == section]
@@ -152,21 +220,27 @@ class _Builder:
             if body is None:
                 continue
             if not isinstance(body, Mapping):
-                raise self.at(self.data, section).error(
-                    f"'{section}' must map instance names to their settings, not {yaml_kind(body)}")
+                self.report(self.at(self.data, section).error(
+                    f"'{section}' must map instance names to their settings, not {yaml_kind(body)}"))
+                continue
             for name, spec in body.items():
-                if not isinstance(name, str):
-                    raise self.at_key(body, name).error(f"instance name must be a string, got {name!r}")
-                if name in self.declared:
-                    first = self.declared[name][0]
-                    raise self.at_key(body, name).error(f"instance '{name}' is declared twice (also "
-                                                        f"under '{first}')")
-                if not isinstance(spec, Mapping):
-                    what = "of its settings" if section == "distillers" else "with a 'class' key"
-                    raise self.at(body, name).error(f"{section}.{name} must be a mapping {what}")
-                if "class" not in spec and section not in DEFAULT_CLASSES:
-                    raise self.at_key(body, name).error(f"{section}.{name} has no 'class' key")
-                self.declared[name] = (section, spec)
+                self.attempt(self._declare, section, body, name, spec)
+
+    def _declare(self, section: str, body: Mapping[str, Any], name: Any, spec: Any) -> None:
+        if not isinstance(name, str):
+            raise self.at_key(body, name).error(f"instance name must be a string, got {name!r}")
+        if name in self.declared:
+            first = self.declared[name][0]
+            raise self.at_key(body, name).error(f"instance '{name}' is declared twice (also under '{first}')")
+        if not isinstance(spec, Mapping) or ("class" not in spec and section not in DEFAULT_CLASSES):
+            # declared, so that its policies do not report it as missing, but never built
+            self.declared[name] = (section, {})
+            self.failed.add(name)
+            if not isinstance(spec, Mapping):
+                what = "of its settings" if section == "distillers" else "with a 'class' key"
+                raise self.at(body, name).error(f"{section}.{name} must be a mapping {what}")
+            raise self.at_key(body, name).error(f"{section}.{name} has no 'class' key")
+        self.declared[name] = (section, spec)
 
     # -- instances ----------------------------------------------------------------------------
 
@@ -354,37 +428,46 @@ class _Builder:
         if policies is None:
             return []
         if not isinstance(policies, list):
-            raise self.at(self.data, "policies").error("'policies' must be a list")
+            self.report(self.at(self.data, "policies").error("'policies' must be a list"))
+            return []
         parsed = []
         for i, pdef in enumerate(policies):
-            at = self._with_path(where_of(policies, i))
-            if not isinstance(pdef, Mapping):
-                raise at.error(f"policy #{i + 1} must be a mapping with one of: {', '.join(POLICY_KINDS)}")
-            kinds = [k for k in pdef if k in POLICY_KINDS]
-            for key in pdef:
-                if key not in POLICY_KINDS and key not in WINDOW_KEYS:
-                    raise self.at_key(pdef, key).error(
-                        f"policy #{i + 1}: unknown key '{key}'{suggest(key, (*POLICY_KINDS, *WINDOW_KEYS))}")
-            if len(kinds) != 1:
-                what = "none" if not kinds else " and ".join(kinds)
-                raise at.error(f"policy #{i + 1} must name exactly one of {', '.join(POLICY_KINDS)} "
-                               f"(found {what})")
-            kind = kinds[0]
-            body = pdef[kind]
-            if not isinstance(body, Mapping) or "instance_name" not in body:
-                raise self.at(pdef, kind).error(f"policy #{i + 1}: '{kind}' needs an 'instance_name'")
-            for key in body:
-                if key not in ("instance_name", "args"):
-                    raise self.at_key(body, key).error(
-                        f"policy #{i + 1}: unknown key '{key}'{suggest(key, ('instance_name', 'args'))}")
-            name = body["instance_name"]
-            self._check_reference(kind, name, body)
-            window = self._window(pdef, i)
-            raw_args = body.get("args")
-            args = self._policy_args(kind, name, body, raw_args)
-            parsed.append({"kind": kind, "name": name, "window": window, "args": args, "raw_args": raw_args,
-                           "where": self.at(body, "instance_name")})
+            policy = self.attempt(self._parse_policy, policies, i, pdef)
+            if policy is not None:
+                parsed.append(policy)
         return parsed
+
+    def _parse_policy(self, policies: list[Any], i: int, pdef: Any) -> dict[str, Any] | None:
+        """The policy ``policies[i]`` as the builder keeps it; None for one naming an instance that failed already."""
+        at = self._with_path(where_of(policies, i))
+        if not isinstance(pdef, Mapping):
+            raise at.error(f"policy #{i + 1} must be a mapping with one of: {', '.join(POLICY_KINDS)}")
+        kinds = [k for k in pdef if k in POLICY_KINDS]
+        for key in pdef:
+            if key not in POLICY_KINDS and key not in WINDOW_KEYS:
+                raise self.at_key(pdef, key).error(
+                    f"policy #{i + 1}: unknown key '{key}'{suggest(key, (*POLICY_KINDS, *WINDOW_KEYS))}")
+        if len(kinds) != 1:
+            what = "none" if not kinds else " and ".join(kinds)
+            raise at.error(f"policy #{i + 1} must name exactly one of {', '.join(POLICY_KINDS)} "
+                           f"(found {what})")
+        kind = kinds[0]
+        body = pdef[kind]
+        if not isinstance(body, Mapping) or "instance_name" not in body:
+            raise self.at(pdef, kind).error(f"policy #{i + 1}: '{kind}' needs an 'instance_name'")
+        for key in body:
+            if key not in ("instance_name", "args"):
+                raise self.at_key(body, key).error(
+                    f"policy #{i + 1}: unknown key '{key}'{suggest(key, ('instance_name', 'args'))}")
+        name = body["instance_name"]
+        if isinstance(name, str) and name in self.failed and name not in self.declared:
+            return None
+        self._check_reference(kind, name, body)
+        window = self._window(pdef, i)
+        raw_args = body.get("args")
+        args = self._policy_args(kind, name, body, raw_args)
+        return {"kind": kind, "name": name, "window": window, "args": args, "raw_args": raw_args,
+                "where": self.at(body, "instance_name"), "pdef": pdef, "index": i}
 
     def _check_reference(self, kind: str, name: Any, body: Mapping[str, Any]) -> None:
         section = POLICY_KINDS[kind]
@@ -402,6 +485,11 @@ class _Builder:
         raise at.error(f"{kind} instance '{name}' is not declared under '{section}'{hint}{listed}")
 
     def _window(self, pdef: Mapping[str, Any], i: int) -> Window:
+        steps = [k for k in STEP_KEYS if k in pdef]
+        epochs = [k for k in EPOCH_KEYS if k in pdef]
+        if steps and epochs:
+            raise self.at_key(pdef, steps[0]).error(
+                f"policy #{i + 1}: give either epochs ({', '.join(epochs)}) or steps ({', '.join(steps)}), not both")
         keys = [k for k in WINDOW_KEYS if k in pdef]
         if "epochs" in pdef and len(keys) > 1:
             raise self.at_key(pdef, "epochs").error(
@@ -412,6 +500,8 @@ class _Builder:
                 if not isinstance(epochs, list):
                     raise ValueError(f"'epochs' must be a list of epochs, got {epochs!r}")
                 return Window(epochs=epochs)
+            if steps:
+                return StepWindow(pdef.get("starting_step"), pdef.get("ending_step"), pdef.get("step_frequency", 1))
             return Window(starting_epoch=pdef.get("starting_epoch"), ending_epoch=pdef.get("ending_epoch"),
                           frequency=pdef.get("frequency", 1))
         except ValueError as exc:
@@ -419,6 +509,33 @@ class _Builder:
             culprit = min(quoted)[1] if quoted else None
             at = self.at(pdef, culprit) if culprit else self._with_path(where_of(pdef))
             raise at.error(f"policy #{i + 1}: {exc}") from None
+
+    def _check_loop(self, policy: dict[str, Any], instance: Any, label: str) -> None:
+        """Refuse an LR scheduler reading a metric the loop does not pass, or stepping in an epoch it does not
+        validate."""
+        assert self.loop is not None
+        key = metric_read(instance)
+        if key is None:
+            return
+        name, window, pdef = policy["name"], policy["window"], policy["pdef"]
+        if window.unit != "epoch":
+            return
+        spec = self.declared[name][1]
+        passed = ", ".join(f"'{m}'" for m in sorted(self.loop.metrics)) or "none"
+        if key not in self.loop.metrics:
+            where = self.at(spec, "mode") if "mode" in spec else self.at_key(self.data["lr_schedulers"], name)
+            raise where.error(f"{label}: mode '{key}' reads metrics['{key}'] at the end of each epoch of its policy, "
+                              f"but the loop passes {passed} (hookprune check --metrics)")
+        every = self.loop.validation_every
+        # whether epoch e validates repeats with period ``every``: the window's first ``every`` epochs decide
+        missing = next((e for e in islice(window, every) if (e + 1) % every), None) if every > 1 else None
+        if missing is not None:
+            culprit = next((k for k in EPOCH_KEYS if k in pdef), None)
+            where = self.at(pdef, culprit) if culprit else policy["where"]
+            raise where.error(f"policy #{policy['index'] + 1}: {label} steps at the end of epoch {missing}, which the "
+                              f"loop does not validate (it validates every {every} epochs, after epochs {every - 1}, "
+                              f"{2 * every - 1}, ...), so metrics['{key}'] would be missing; give the policy epochs "
+                              f"it validates, e.g. starting_epoch: {every - 1} and frequency: {every}")
 
     def _policy_args(self, kind: str, name: str, body: Mapping[str, Any], args: Any) -> dict[str, Any]:
         """A policy's ``args`` as a dict, parameter names in ``levels`` spelled as the model does; which keys the
@@ -449,6 +566,8 @@ class _Builder:
                 hint = suggest(key, accepted)
                 takes = f"; it takes: {', '.join(accepted)}" if accepted else f"; a {kind} policy takes no args"
                 raise self.at_key(raw, key).error(f"policy for '{name}': unknown arg '{key}'{hint}{takes}")
+        if self.loop is not None and kind == "lr_scheduler":
+            self._check_loop(policy, instance, label)
         try:
             schedule_instance(sched, instance, kind, window, args, name, label)
         except ScheduleError:

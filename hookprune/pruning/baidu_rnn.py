@@ -92,7 +92,7 @@ class BaiduRNNPruner(Pruner):
 
     def keep_masks(self, step: PruningStep) -> dict[str, torch.Tensor]:
         """Prune every listed weight at this epoch's threshold."""
-        threshold = self.threshold(step.policy, step.epoch)
+        threshold = self.threshold(step.policy, step.position)
         return {name: threshold_keep_mask(step.ranked(name), threshold) for name in self.targets(step.params)}
 
     @hookimpl

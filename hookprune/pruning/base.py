@@ -2,11 +2,12 @@
 hands them to the engine; a subclass says which elements to keep (:meth:`Pruner.keep_masks`).
 
 When: at the start of each epoch of the pruner's policies, and within an epoch every
-``mini_batch_pruning_frequency`` minibatches; ``skip_first_minibatch`` moves the first pruning of a policy
-from its first epoch's start to its second minibatch. ``fold_batchnorm`` ranks a Conv2d's weights with the
-following BatchNorm's scale folded in. These are the pruner policy args of Distiller's ``PruningPolicy``; the
-masking options (``keep_mask``, ``mask_on_forward_only``, ...) act on the engine's masks and are handled by
-:mod:`hookprune.pruning.masking` for any pruner, third parties' included.
+``mini_batch_pruning_frequency`` minibatches (under a step window: at the start of each minibatch it covers);
+``skip_first_minibatch`` moves the first pruning of a policy from its first epoch's start to its second minibatch.
+``fold_batchnorm`` ranks a Conv2d's weights with the following BatchNorm's scale folded in. These are the pruner
+policy args of Distiller's ``PruningPolicy``; the masking options (``keep_mask``, ``mask_on_forward_only``, ...)
+act on the engine's masks and are handled by :mod:`hookprune.pruning.masking` for any pruner, third parties'
+included.
 """
 
 from __future__ import annotations
@@ -49,13 +50,20 @@ def fold_batchnorm_targets(owner: Any, model: torch.nn.Module) -> dict[str, Call
 
 @dataclass(eq=False)
 class PruningStep:
-    """One pruning step: the scheduler, the policy the pruner acts under, and the epoch."""
+    """One pruning step: the scheduler, the policy the pruner acts under, the epoch and the global step."""
 
     scheduler: SchedulerView
     policy: Policy
     epoch: int
     folded: Mapping[str, Callable[[], torch.Tensor]] = field(default_factory=dict)
     _ranked: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the scheduler's ``global_step`` when the step was taken (-1 before the first minibatch)
+    global_step: int = -1
+
+    @property
+    def position(self) -> int:
+        """Where the step lies in the policy's window: the global step for a step window, else the epoch."""
+        return self.global_step if self.policy.window.unit == "step" else self.epoch
 
     @property
     def params(self) -> Mapping[str, torch.nn.Parameter]:
@@ -133,6 +141,11 @@ class Pruner:
         """Refuse malformed pruning args, a ``levels`` the pruner's level schedule does not take, and a window its
         level schedule cannot follow."""
         check_pruning_args(policy)
+        if policy.window.unit == "step":
+            for key in ("mini_batch_pruning_frequency", "skip_first_minibatch"):
+                if policy.arg(key):
+                    raise ArgumentError(key, f"'{key}' counts minibatches within epochs; under a step window the "
+                                             "pruner prunes at every step_frequency-th step already")
         if policy.arg("levels") is not None:
             reason = self.no_levels if self.level is None else self.level.refuses_policy_levels
             if reason is not None:
@@ -141,14 +154,15 @@ class Pruner:
             self.level.check_policy(policy)
 
     def idle_hooks(self, policy: Policy) -> Collection[str]:
-        """The minibatch hook, unless the policy prunes within an epoch."""
-        busy = policy.arg("mini_batch_pruning_frequency") or policy.arg("skip_first_minibatch")
+        """The minibatch hook, unless the policy prunes within an epoch or counts steps."""
+        busy = (policy.window.unit == "step" or policy.arg("mini_batch_pruning_frequency")
+                or policy.arg("skip_first_minibatch"))
         return () if busy else ("on_minibatch_begin",)
 
     def step(self, scheduler: SchedulerView, policy: Policy, epoch: int) -> PruningStep:
         """The pruning step of ``policy`` at ``epoch``."""
         folded = fold_batchnorm_targets(self, scheduler.model) if policy.arg("fold_batchnorm") else {}
-        return PruningStep(scheduler, policy, epoch, folded)
+        return PruningStep(scheduler, policy, epoch, folded, global_step=scheduler.global_step)
 
     # -- hooks --------------------------------------------------------------------------------------
 
@@ -165,9 +179,12 @@ class Pruner:
     def on_minibatch_begin(self, scheduler: SchedulerView, epoch: int, minibatch_id: int,
                            minibatches_per_epoch: int) -> None:
         """Prune every ``mini_batch_pruning_frequency`` minibatches (counted from the first epoch), and at the second
-        minibatch when ``skip_first_minibatch`` skipped the first."""
+        minibatch when ``skip_first_minibatch`` skipped the first; under a step window, at every step it is called."""
         policy = scheduler.policy_of(self)
         assert policy is not None
+        if policy.window.unit == "step":
+            self.prune(self.step(scheduler, policy, epoch))
+            return
         global_id = epoch * minibatches_per_epoch + minibatch_id
         frequency = policy.arg("mini_batch_pruning_frequency", 0)
         scheduled = minibatch_id > 0 and frequency != 0 and global_id % frequency == 0

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 def agp_target(initial: float, final: float, starting_epoch: int, ending_epoch: int, frequency: int,
-               current_epoch: int) -> float:
-    """Distiller's AGP sparsity at ``current_epoch``.
+               current_epoch: int, unit: str = "epoch") -> float:
+    """Distiller's AGP sparsity at ``current_epoch`` (or at a global step, over a step window: ``unit="step"``).
 
     ``final + (initial - final) * (1 - (epoch - start) / span) ** 3`` with
     ``span = ((end - start - 1) // frequency) * frequency``, so the last pruning epoch of the window
@@ -31,8 +31,10 @@ def agp_target(initial: float, final: float, starting_epoch: int, ending_epoch: 
     """
     span = ((ending_epoch - starting_epoch - 1) // frequency) * frequency
     if span <= 0:
-        raise ValueError(f"an AGP policy needs at least two pruning epochs: ending_epoch - starting_epoch "
-                         f"({ending_epoch - starting_epoch}) must exceed frequency ({frequency})")
+        keys = ("ending_step", "starting_step", "step_frequency") if unit == "step" else (
+            "ending_epoch", "starting_epoch", "frequency")
+        raise ValueError(f"an AGP policy needs at least two pruning {unit}s: {keys[0]} - {keys[1]} "
+                         f"({ending_epoch - starting_epoch}) must exceed {keys[2]} ({frequency})")
     return final + (initial - final) * (1.0 - (current_epoch - starting_epoch) / span) ** 3
 
 
@@ -94,7 +96,8 @@ class PerParameterLevels(LevelSchedule):
 
 class AGPLevel(LevelSchedule):
     """Zhu & Gupta's automated gradual pruning: ``initial_sparsity`` to ``final_sparsity`` along Distiller's cubic
-    schedule over the policy's epochs (:func:`agp_target`); the last pruning epoch reaches the final level."""
+    schedule over the policy's epochs, or its global steps under a step window (:func:`agp_target`); the last
+    pruning epoch (step) reaches the final level."""
 
     refuses_policy_levels = "takes its level from the AGP schedule (initial_sparsity, final_sparsity)"
 
@@ -109,17 +112,17 @@ class AGPLevel(LevelSchedule):
         """Refuse a window too short for the schedule (Distiller asserted ``span > 0`` mid-training)."""
         window = policy.window
         agp_target(self.initial_sparsity, self.final_sparsity, window.starting_epoch, window.ending_epoch,
-                   window.frequency or 1, window.starting_epoch)
+                   window.frequency or 1, window.starting_epoch, window.unit)
 
     def at(self, policy: Policy, epoch: int) -> float:
-        """The AGP level at ``epoch`` of ``policy``'s window."""
+        """The AGP level at ``epoch`` of ``policy``'s window (a global step, for a step window)."""
         window = policy.window
         return agp_target(self.initial_sparsity, self.final_sparsity, window.starting_epoch, window.ending_epoch,
-                          window.frequency or 1, epoch)
+                          window.frequency or 1, epoch, window.unit)
 
     def level(self, param_name: str, step: PruningStep) -> float:
         """The same AGP level for every parameter."""
-        return self.at(step.policy, step.epoch)
+        return self.at(step.policy, step.position)
 
 
 class RandomLevel(LevelSchedule):

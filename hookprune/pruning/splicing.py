@@ -67,7 +67,7 @@ class SplicingPruner(Pruner):
         if sensitivity is None:
             return None
         if self.sensitivity_multiplier > 0:
-            sensitivity *= (step.epoch - step.policy.window.starting_epoch) * self.sensitivity_multiplier + 1
+            sensitivity *= (step.position - step.policy.window.starting_epoch) * self.sensitivity_multiplier + 1
         return sensitivity
 
     def targets(self, params: Mapping[str, torch.Tensor]) -> list[str]:

@@ -266,6 +266,22 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(tmp_path):
                                                       "fc3.weight": "80.00"}
 
 
+def test_a_one_epoch_fit_prunes_gradually_over_optimizer_steps_as_the_plain_loop_does():
+    # 23 batches in groups of 2: 12 optimizer steps, AGP at steps 1, 3, ..., 11
+    steps = -(-BATCHES // 2)
+    schedule = {"pruners": {"agp": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.05,
+                                    "final_sparsity": 0.9, "weights": ["fc1.weight", "fc2.weight"]}},
+                "policies": [{"pruner": {"instance_name": "agp"}, "starting_step": 1, "ending_step": steps,
+                              "step_frequency": 2}]}
+    _, module, hp = fit(schedule, 1, accumulate=2)
+    assert hp.scheduler.global_step == steps - 1 == 11
+    assert sparsity_percent(hp.scheduler) == {"fc1.weight": "90.00", "fc2.weight": "90.00"}
+    reference, _, ref_sched = plain_loop(schedule, 1, accumulate=2)
+    assert ref_sched.global_step == hp.scheduler.global_step
+    assert_same_weights(module.model, reference)
+    assert_masked_zero(hp.scheduler, module.model)
+
+
 def test_losses_from_a_training_step_dict_get_the_terms():
     class DictStep(Digits):
         def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:

@@ -314,6 +314,60 @@ def test_resume_from_a_step_checkpoint_continues_the_epoch(tmp_path, save_steps,
     assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
 
 
+#: AGP from 5% to 90% in fc1 over the optimizer steps 2, 5, ..., 20 of a one-epoch fine-tune (23 steps)
+BY_STEPS = {"pruners": {"agp": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.05, "final_sparsity": 0.9,
+                                "weights": ["fc1.weight"]}},
+            "policies": [{"pruner": {"instance_name": "agp"}, "starting_step": 2, "ending_step": 21,
+                          "step_frequency": 3}]}
+
+
+class Levels(TrainerCallback):
+    """fc1's pruned fraction at each optimizer step, once the schedule's on_minibatch_begin has run."""
+
+    def __init__(self, hp: HookpruneCallback) -> None:
+        self.hp, self.seen = hp, {}
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        weight = model.net.fc1.weight
+        self.seen[state.global_step] = (weight == 0).sum().item() / weight.numel()
+
+
+def test_a_one_epoch_fine_tune_reaches_its_agp_level_over_steps_exactly(tmp_path):
+    from hookprune.pruning.levels import agp_target
+
+    t, model, hp = make(tmp_path, BY_STEPS, 1, trainer_cls=Trainer)
+    levels = Levels(hp)
+    t.add_callback(levels)
+    t.train()
+    numel = model.net.fc1.weight.numel()
+    assert BATCHES == 23 and t.state.global_step == BATCHES and hp.scheduler.global_step == BATCHES - 1
+    level = 0.0
+    for step in range(BATCHES):
+        if step in range(2, 21, 3):
+            level = int(agp_target(0.05, 0.9, 2, 21, 3, step) * numel) / numel
+        assert levels.seen[step] == level, step
+    # half the 18 steps gone at step 11: 0.9 - 0.85 / 8 of the way left
+    assert levels.seen[11] == int((0.9 - 0.85 / 8) * numel) / numel
+    assert levels.seen[20] == int(0.9 * numel) / numel
+    assert sparsity_percent(hp.scheduler) == {"fc1.weight": "90.00"}
+    assert_masked_zero(hp.scheduler, model.net)
+
+
+def test_resuming_a_step_window_mid_epoch_gives_the_uninterrupted_masks(tmp_path):
+    straight, straight_model, straight_hp = make(tmp_path / "straight", BY_STEPS, 1, trainer_cls=Trainer)
+    straight.train()
+    first, _, _ = make(tmp_path / "run", BY_STEPS, 1, trainer_cls=Trainer, save_strategy="steps", save_steps=10)
+    first.train()
+    checkpoint = tmp_path / "run" / "checkpoint-10"
+    assert torch.load(checkpoint / STATE_FILE, weights_only=True)["scheduler"]["global_step"] == 9
+
+    resumed, model, hp = make(tmp_path / "run", BY_STEPS, 1, trainer_cls=HookpruneTrainer)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert hp.scheduler.global_step == straight_hp.scheduler.global_step == BATCHES - 1
+    assert torch.equal(hp.scheduler.masks["fc1.weight"], straight_hp.scheduler.masks["fc1.weight"])
+    assert_same_weights(model.net, straight_model.net)
+
+
 def test_resume_without_the_schedules_state_is_refused(tmp_path):
     first, _, _ = make(tmp_path, PRUNE_ONLY, 1, trainer_cls=Trainer, save_strategy="epoch")
     first.train()
