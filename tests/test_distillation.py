@@ -278,7 +278,7 @@ def test_bad_arguments_are_refused_at_construction(kwargs, argument, message):
 # -- the YAML form ---------------------------------------------------------------------------------
 
 
-def test_yaml_and_code_forms_give_identical_losses(tmp_path):
+def test_yaml_and_code_forms_give_the_same_losses(tmp_path):
     schedule = tmp_path / "kd.yaml"
     schedule.write_text(DISTILLERS)
     teacher = teacher_net()
@@ -293,7 +293,10 @@ def test_yaml_and_code_forms_give_identical_losses(tmp_path):
     from_yaml = run(yaml_sched, lambda x: kd.forward(yaml_sched, x), epochs=4)
     from_code = run(code_sched, lambda x: kd.forward(code_sched, x), epochs=4)
     assert len(from_yaml) == 8
-    assert all(torch.equal(a, b) for a, b in zip(from_yaml, from_code, strict=True))
+    # the YAML form adds its term to the loop's loss (a native plugin), the code form chains it as Distiller does
+    # (student_w * loss + ...): equal sums, rounded in a different order
+    torch.testing.assert_close(torch.stack(from_yaml), torch.stack(from_code), rtol=1e-6, atol=0)
+    assert from_yaml[0].item() == from_code[0].item()
     plain_student = mlp()
     plain = hookprune.CompressionScheduler(plain_student, optimizer=torch.optim.SGD(plain_student.parameters(),
                                                                                       lr=0.1))
