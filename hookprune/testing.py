@@ -4,7 +4,8 @@
 from your loop" shows), over a list of minibatches such as :func:`random_batches` makes: a plugin or schedule
 is tested by training with it and checking the masks, weights and loss terms it leaves. A plugin author checks
 that an integration fires every event, in order, with the right epoch and minibatch: add an
-:class:`EventRecorder` to the scheduler, train, and compare its ``log``.
+:class:`EventRecorder` to the scheduler, train, and compare its ``log``; under a distributed run, each rank's
+:func:`rank_mask_report` and :func:`check_rank_reports` check that every rank ended with rank 0's masks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from hookprune.hookspecs import hookimpl
 if TYPE_CHECKING:
     from hookprune import CompressionScheduler
 
-__all__ = ["Batches", "EventRecorder", "random_batches", "train"]
+__all__ = ["Batches", "EventRecorder", "check_rank_reports", "random_batches", "rank_mask_report", "train"]
 
 
 class Batches(Protocol):
@@ -142,3 +143,39 @@ class EventRecorder:
         """Record the epoch's end and a copy of its metrics."""
         self.log.append(("on_epoch_end", epoch, None))
         self.metrics.append(dict(metrics))
+
+
+def rank_mask_report(scheduler: CompressionScheduler, unsynchronized: CompressionScheduler,
+                     weight: torch.Tensor) -> dict[str, Any]:
+    """What one rank of a distributed test of an integration reports, for :func:`check_rank_reports` to compare
+    across the ranks: ``scheduler``'s masks, its synchronizer's broadcasts, the count of masks
+    ``verify_masks`` compared, the :class:`~hookprune.distributed.MaskMismatchError` text of the same schedule
+    run ``unsynchronized`` ("" when none), and a copy of ``weight``. Plain tensors and numbers, for
+    ``torch.save(..., weights_only=True)``."""
+    from hookprune import distributed
+
+    compared = distributed.verify_masks(scheduler)
+    try:
+        distributed.verify_masks(unsynchronized)
+        mismatch = ""
+    except distributed.MaskMismatchError as exc:
+        mismatch = str(exc)
+    sync = scheduler.mask_sync
+    return {"masks": {name: mask.clone() for name, mask in scheduler.masks.items()},
+            "broadcasts": sync.broadcasts if sync is not None else 0, "compared": compared, "mismatch": mismatch,
+            "weight": weight.detach().clone()}
+
+
+def check_rank_reports(reports: Sequence[Mapping[str, Any]], masked: str) -> None:
+    """Raise AssertionError unless every rank of :func:`rank_mask_report`'s ``reports`` ended with rank 0's masks
+    and weight, after at least one broadcast, with the masked elements of the ``masked`` parameter's weight
+    zero."""
+    first = reports[0]
+    for rank, report in enumerate(reports[1:], start=1):
+        assert report["compared"] == first["compared"] == len(first["masks"]), (rank, report["compared"])
+        assert report["masks"].keys() == first["masks"].keys(), rank
+        for name, mask in first["masks"].items():
+            assert torch.equal(mask, report["masks"][name]), f"rank {rank}: {name}"
+        assert report["broadcasts"] == first["broadcasts"] > 0, rank
+        assert torch.equal(report["weight"], first["weight"]), rank
+    assert not first["weight"][~first["masks"][masked]].any()

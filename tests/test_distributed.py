@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import hookprune
-from hookprune import distributed, hookimpl, models
+from hookprune import distributed, hookimpl, models, testing
 from hookprune.testing import random_batches, train
 from tests.test_compress_classifier import AGP, app, error_line, final_state
 
@@ -367,3 +367,21 @@ def test_one_process_needs_no_mask_synchronization():
     sched = hookprune.CompressionScheduler(lenet())
     assert distributed.synchronize_masks_if_distributed(sched) is None
     assert sched.mask_sync is None
+
+
+def test_rank_reports_that_differ_in_a_mask_or_a_weight_are_told_apart():
+    def report(mask: torch.Tensor, weight: torch.Tensor, broadcasts: int = 2) -> dict:
+        return {"masks": {"fc1.weight": mask}, "broadcasts": broadcasts, "compared": 1, "mismatch": "",
+                "weight": weight}
+
+    keep = torch.tensor([[True, False], [False, True]])
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    testing.check_rank_reports([report(keep, weight), report(keep.clone(), weight.clone())], "fc1.weight")
+    with pytest.raises(AssertionError, match=r"rank 1: fc1\.weight"):
+        testing.check_rank_reports([report(keep, weight), report(~keep, weight)], "fc1.weight")
+    with pytest.raises(AssertionError):
+        testing.check_rank_reports([report(keep, weight), report(keep, weight + 1)], "fc1.weight")
+    with pytest.raises(AssertionError):
+        testing.check_rank_reports([report(keep, weight, 0), report(keep, weight, 0)], "fc1.weight")
+    with pytest.raises(AssertionError):
+        testing.check_rank_reports([report(keep, torch.ones(2, 2)), report(keep, torch.ones(2, 2))], "fc1.weight")
