@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 import hookprune
-from hookprune import models
+from hookprune import models, testing
 from hookprune.apputils.checkpoint import load_weights, save_checkpoint
 from hookprune.errors import ScheduleWarning
 from hookprune.pruning.greedy import greedy_filter_pruning, prune_weakest_filters
@@ -182,17 +182,7 @@ def test_summary_compute_after_resnet20_filter_thinning_reports_the_removed_macs
         warnings.simplefilter("ignore", ScheduleWarning)
         sched = hookprune.load(path, model, optimizer)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
-    for epoch in range(31):   # the net_thinner acts at epoch 30
-        sched.fire("on_epoch_begin", epoch=epoch)
-        step = {"epoch": epoch, "minibatch_id": 0, "minibatches_per_epoch": 1}
-        sched.fire("on_minibatch_begin", **step)
-        loss = sched.fire("before_backward", **step, loss=nn.functional.cross_entropy(model(x), y))
-        optimizer.zero_grad()
-        loss.backward()
-        sched.fire("before_optimizer_step", **step)
-        optimizer.step()
-        sched.fire("on_minibatch_end", **step)
-        sched.fire("on_epoch_end", epoch=epoch, metrics={})
+    testing.train(sched, model, optimizer, [(x, y)], epochs=31)  # the net_thinner acts at epoch 30
     assert len(model.thinning_recipes) == 1
     checkpoint = save_checkpoint(30, "resnet20_cifar", model, scheduler=sched, dir=tmp_path)
 

@@ -496,7 +496,9 @@ def build_run():
     return model, optimizer, sched
 
 
-def run_epochs(sched, model, optimizer, start, stop, seen=None):
+def run_epochs(sched, model, optimizer, start, stop, seen=None, shape=(3, 32, 32), batch=4):
+    """Two minibatches of ``batch`` random inputs of ``shape`` per epoch (drawn from the epoch's seed); with
+    ``seen``, appends (epoch, minibatch, conv1 filters) at each forward pass."""
     for epoch in range(start, stop):
         gen = torch.Generator().manual_seed(epoch)
         sched.fire("on_epoch_begin", epoch=epoch)
@@ -505,7 +507,7 @@ def run_epochs(sched, model, optimizer, start, stop, seen=None):
             sched.fire("on_minibatch_begin", **step)
             if seen is not None:
                 seen.append((epoch, i, model.conv1.out_channels))
-            x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+            x, y = torch.randn(batch, *shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
             loss = sched.fire("before_backward", **step, loss=nn.functional.cross_entropy(model(x), y))
             optimizer.zero_grad()
             loss.backward()
@@ -716,22 +718,8 @@ def digits_run(thinning_epochs: list[int], **remover: object):
 def digits_epochs(sched, model, optimizer, start, stop):
     """Two minibatches of 8x8 digits-shaped inputs per epoch; returns (epoch, minibatch, conv1 filters) at each
     forward pass."""
-    seen = []
-    for epoch in range(start, stop):
-        gen = torch.Generator().manual_seed(epoch)
-        sched.fire("on_epoch_begin", epoch=epoch)
-        for i in range(2):
-            step = {"epoch": epoch, "minibatch_id": i, "minibatches_per_epoch": 2}
-            sched.fire("on_minibatch_begin", **step)
-            seen.append((epoch, i, model.conv1.out_channels))
-            x, y = torch.randn(5, 1, 8, 8, generator=gen), torch.randint(0, 10, (5,), generator=gen)
-            loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            sched.fire("before_optimizer_step", **step)
-            optimizer.step()
-            sched.fire("on_minibatch_end", **step)
-        sched.fire("on_epoch_end", epoch=epoch, metrics={})
+    seen: list[tuple[int, int, int]] = []
+    run_epochs(sched, model, optimizer, start, stop, seen, shape=(1, 8, 8), batch=5)
     return seen
 
 
