@@ -5,12 +5,16 @@ from your loop" shows), over a list of minibatches such as :func:`random_batches
 is tested by training with it and checking the masks, weights and loss terms it leaves. A plugin author checks
 that an integration fires every event, in order, with the right epoch and minibatch: add an
 :class:`EventRecorder` to the scheduler, train, and compare its ``log``; under a distributed run, each rank's
-:func:`rank_mask_report` and :func:`check_rank_reports` check that every rank ended with rank 0's masks.
+:func:`rank_mask_report` (the processes started by :func:`run_ranks`) and :func:`check_rank_reports` check
+that every rank ended with rank 0's masks.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -21,7 +25,8 @@ from hookprune.hookspecs import hookimpl
 if TYPE_CHECKING:
     from hookprune import CompressionScheduler
 
-__all__ = ["Batches", "EventRecorder", "check_rank_reports", "random_batches", "rank_mask_report", "train"]
+__all__ = ["Batches", "EventRecorder", "check_rank_reports", "random_batches", "rank_mask_report", "run_ranks",
+           "train"]
 
 
 class Batches(Protocol):
@@ -179,3 +184,31 @@ def check_rank_reports(reports: Sequence[Mapping[str, Any]], masked: str) -> Non
         assert report["broadcasts"] == first["broadcasts"] > 0, rank
         assert torch.equal(report["weight"], first["weight"]), rank
     assert not first["weight"][~first["masks"][masked]].any()
+
+
+def run_ranks(fn: Callable[[int, Path], Mapping[str, Any]], world: int, folder: str | os.PathLike[str]
+              ) -> list[dict[str, Any]]:
+    """Run ``fn(rank, folder)`` in ``world`` new processes started as ``torchrun`` starts them (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``NODE_RANK`` set, a gloo process group joined through a
+    file in ``folder``, one thread each) and return what each returned, in rank order. ``fn`` is a module-level
+    function (the processes import it by name) returning tensors and plain values, such as
+    :func:`rank_mask_report`'s."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_entry, args=(fn, world, str(folder)), nprocs=world, join=True)
+    return [torch.load(Path(folder, f"rank{rank}.pt"), weights_only=True) for rank in range(world)]
+
+
+def _rank_entry(rank: int, fn: Callable[[int, Path], Mapping[str, Any]], world: int, folder: str) -> None:
+    """One process of :func:`run_ranks`."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": str(world), "NODE_RANK": "0", "OMP_NUM_THREADS": "1"})
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    try:
+        torch.save(dict(fn(rank, Path(folder))), Path(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -385,3 +386,16 @@ def test_rank_reports_that_differ_in_a_mask_or_a_weight_are_told_apart():
         testing.check_rank_reports([report(keep, weight, 0), report(keep, weight, 0)], "fc1.weight")
     with pytest.raises(AssertionError):
         testing.check_rank_reports([report(keep, torch.ones(2, 2)), report(keep, torch.ones(2, 2))], "fc1.weight")
+
+
+def _sum_of_ranks(rank: int, folder: Path) -> dict:
+    total = torch.tensor([rank + 1])
+    dist.all_reduce(total)
+    return {"rank": rank, "world": dist.get_world_size(), "env": int(os.environ["LOCAL_RANK"]), "total": total,
+            "folder": str(folder)}
+
+
+def test_run_ranks_starts_each_process_in_a_process_group_as_torchrun_does(tmp_path):
+    reports = testing.run_ranks(_sum_of_ranks, 2, tmp_path)
+    assert [(r["rank"], r["world"], r["env"], int(r["total"])) for r in reports] == [(0, 2, 0, 3), (1, 2, 1, 3)]
+    assert {r["folder"] for r in reports} == {str(tmp_path)}

@@ -7,15 +7,11 @@ at random and the ranks seed their generators differently, so without synchroniz
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import hookprune
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from hookprune import testing
 from lightning.pytorch.strategies import DDPStrategy
 from lightning_support import Digits, loaders, trainer
@@ -31,36 +27,26 @@ RANDOM_SCHEDULE = {
 }
 
 
-def _rank_main(rank: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update({"LOCAL_RANK": str(rank), "RANK": str(rank), "WORLD_SIZE": str(WORLD), "NODE_RANK": "0"})
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
-    try:
-        module = Digits()
-        torch.manual_seed(1000 + rank)  # no seed shared between the ranks: each draws its own levels
-        cb = HookpruneCallback(RANDOM_SCHEDULE, submodule="model")
-        ddp = DDPStrategy(process_group_backend="gloo")
-        run = trainer(2, [cb], strategy=ddp, devices=WORLD, limit_train_batches=4, limit_val_batches=1)
-        run.fit(module, *loaders())
-        assert cb.scheduler is not None
+def _rank_main(rank: int, folder: Path) -> dict:
+    module = Digits()
+    torch.manual_seed(1000 + rank)  # no seed shared between the ranks: each draws its own levels
+    cb = HookpruneCallback(RANDOM_SCHEDULE, submodule="model")
+    ddp = DDPStrategy(process_group_backend="gloo")
+    run = trainer(2, [cb], strategy=ddp, devices=WORLD, limit_train_batches=4, limit_val_batches=1)
+    run.fit(module, *loaders())
+    assert cb.scheduler is not None
 
-        # the same schedule on the same weights, without the callback: each rank keeps its own draw
-        bare = Digits().model
-        torch.manual_seed(1000 + rank)
-        alone = hookprune.load(RANDOM_SCHEDULE, bare)
-        alone.fire("on_epoch_begin", epoch=0)
-        report = testing.rank_mask_report(cb.scheduler, alone, module.model.fc1.weight)
-        torch.save(report, Path(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    # the same schedule on the same weights, without the callback: each rank keeps its own draw
+    bare = Digits().model
+    torch.manual_seed(1000 + rank)
+    alone = hookprune.load(RANDOM_SCHEDULE, bare)
+    alone.fire("on_epoch_begin", epoch=0)
+    return testing.rank_mask_report(cb.scheduler, alone, module.model.fc1.weight)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_rank_main, args=(str(folder),), nprocs=WORLD, join=True)
-    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return testing.run_ranks(_rank_main, WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 def test_ddp_ranks_end_with_rank_zeros_masks(ranks):

@@ -7,15 +7,11 @@ ranks' Trainer seeds differ, so without synchronization their masks differ.
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import hookprune
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from hookprune import testing
 from torch.utils.data import Subset
 from transformers import Trainer
@@ -32,38 +28,27 @@ RANDOM_SCHEDULE = {
 }
 
 
-def _rank_main(rank: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
-                       "LOCAL_WORLD_SIZE": str(WORLD), "OMP_NUM_THREADS": "1"})
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
-    try:
-        model = Classifier()
-        cb = HookpruneCallback(RANDOM_SCHEDULE, submodule="net")
-        # each rank's own seed: the pruner's generator starts from it
-        args = arguments(Path(folder, f"out{rank}"), 2, seed=1000 + rank)
-        run = Trainer(model=model, args=args, train_dataset=Subset(TRAIN, range(512)), callbacks=[cb])
-        assert run.args.world_size == WORLD
-        run.train()
-        assert cb.scheduler is not None
+def _rank_main(rank: int, folder: Path) -> dict:
+    model = Classifier()
+    cb = HookpruneCallback(RANDOM_SCHEDULE, submodule="net")
+    # each rank's own seed: the pruner's generator starts from it
+    args = arguments(folder / f"out{rank}", 2, seed=1000 + rank)
+    run = Trainer(model=model, args=args, train_dataset=Subset(TRAIN, range(512)), callbacks=[cb])
+    assert run.args.world_size == WORLD
+    run.train()
+    assert cb.scheduler is not None
 
-        # the same schedule on the same weights, without the callback: each rank keeps its own draw
-        bare = Classifier().net
-        torch.manual_seed(1000 + rank)
-        alone = hookprune.load(RANDOM_SCHEDULE, bare)
-        alone.fire("on_epoch_begin", epoch=0)
-        report = testing.rank_mask_report(cb.scheduler, alone, model.net.fc1.weight)
-        torch.save(report, Path(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    # the same schedule on the same weights, without the callback: each rank keeps its own draw
+    bare = Classifier().net
+    torch.manual_seed(1000 + rank)
+    alone = hookprune.load(RANDOM_SCHEDULE, bare)
+    alone.fire("on_epoch_begin", epoch=0)
+    return testing.rank_mask_report(cb.scheduler, alone, model.net.fc1.weight)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_rank_main, args=(str(folder),), nprocs=WORLD, join=True)
-    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return testing.run_ranks(_rank_main, WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 def test_distributed_ranks_end_with_rank_zeros_masks(ranks):
