@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hookprune
-from hookprune import models
+from hookprune import models, testing
 from hookprune.apputils.data_loaders import load_data
 from hookprune.deploy import (
     DeployError,
@@ -55,19 +54,8 @@ def loaders(arch: str):
 def fit(model, train, schedule=None, epochs=2, lr=0.05):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = hookprune.load(schedule, model, optimizer) if schedule else hookprune.CompressionScheduler(model)
-    for epoch in range(epochs):
-        model.train()
-        sched.fire("on_epoch_begin", epoch=epoch)
-        for i, (x, y) in enumerate(train):
-            step = {"epoch": epoch, "minibatch_id": i, "minibatches_per_epoch": len(train)}
-            sched.fire("on_minibatch_begin", **step)
-            loss = sched.fire("before_backward", **step, loss=F.cross_entropy(model(x), y))
-            optimizer.zero_grad()
-            loss.backward()
-            sched.fire("before_optimizer_step", **step)
-            optimizer.step()
-            sched.fire("on_minibatch_end", **step)
-        sched.fire("on_epoch_end", epoch=epoch)
+    model.train()
+    testing.train(sched, model, optimizer, train, epochs)
     return model.eval(), sched
 
 
